@@ -1,8 +1,106 @@
-"""Command line entry point: `sessiontap` verbs, wiring flags to the core."""
+"""Command line entry point: the `sessiontap` verbs, mapping flags to the core and the runner."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
 import click
 
+from addons.config import load_config, validate
+from addons.core.errors import SessiontapError
 
-@click.group()
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
+
+
+def default_out() -> str:
+    """A fresh output directory under ./sessiontap-out, named for the time of the run."""
+    return str(Path("sessiontap-out") / time.strftime("%Y%m%d-%H%M%S"))
+
+
+def settings_from(config: Path | None, flags: dict[str, Any]) -> dict[str, Any]:
+    """mitm.yaml's settings with the flags that were given laid over them (flags win)."""
+    settings = load_config(config)
+    given = {k: v for k, v in flags.items() if v is not None}
+    settings.update(validate(given, "command line"))
+    return settings
+
+
+@click.group(context_settings=CONTEXT_SETTINGS)
 @click.version_option(package_name="sessiontap")
 def main() -> None:
-    """sessiontap: see whether an agent conversation really continues."""
+    """sessiontap: see whether an agent conversation really continues.
+
+    Record a client's ElevenLabs traffic through a proxy, tag every call with its session,
+    and find where the conversation silently starts over.
+    """
+
+
+@main.command(
+    context_settings={**CONTEXT_SETTINGS, "ignore_unknown_options": True},
+    epilog="\b\nExample:\n  sessiontap record --out out -- python my_client.py",
+)
+@click.option("--config", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Settings file (default: ./mitm.yaml when present). Flags override it.")
+@click.option("--mode", type=click.Choice(["regular", "reverse"]),
+              help="regular: the client gets HTTPS_PROXY and sessiontap's CA [default]; "
+                   "reverse: the client gets ELEVENLABS_BASE_URL pointing at the proxy.")
+@click.option("--upstream", metavar="URL",
+              help="Where ElevenLabs traffic goes [default: https://api.elevenlabs.io].")
+@click.option("--listen-host", metavar="HOST", help="Address to listen on [default: 127.0.0.1].")
+@click.option("--listen-port", type=int, metavar="PORT", help="Port to listen on [default: a free port].")
+@click.option("--out", metavar="DIR", help="Output directory [default: sessiontap-out/<time>].")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+def record(config: Path | None, mode: str | None, upstream: str | None, listen_host: str | None,
+           listen_port: int | None, out: str | None, command: tuple[str, ...]) -> None:
+    """Record a client's ElevenLabs traffic, tagged by session.
+
+    With a command after `--`, run it with the proxy already set in its environment, stop
+    when it exits and exit with its exit code. Without one, print how to point a client at
+    the proxy and record until Ctrl-C.
+    """
+    from addons.runner import run_record
+
+    try:
+        settings = settings_from(config, {
+            "sessiontap_mode": mode, "sessiontap_upstream": upstream,
+            "sessiontap_listen_host": listen_host, "sessiontap_listen_port": listen_port,
+            "sessiontap_out": out,
+        })
+        settings.setdefault("sessiontap_out", default_out())
+        result = run_record(settings, list(command), announce=lambda s: click.echo(s, err=True))
+    except SessiontapError as e:
+        raise click.ClickException(str(e)) from e
+    s = result.summary
+    click.echo(f"sessiontap: {s.get('sessions', 0)} sessions · {s.get('calls', 0)} calls · "
+               f"{s.get('server_conversations', 0)} server conversations", err=True)
+    click.echo(f"sessiontap: written to {result.out}", err=True)
+    if result.journal_error:
+        click.echo(f"sessiontap: error: {result.journal_error}", err=True)
+        raise SystemExit(result.exit_code or 1)
+    raise SystemExit(result.exit_code)
+
+
+@main.command(context_settings=CONTEXT_SETTINGS,
+              epilog="\b\nExample:\n  sessiontap simulate --port 8089")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=0, type=int, help="Port to listen on [default: a free port].")
+@click.option("--api-key", metavar="KEY", help="Accept only this xi-api-key (default: any non-empty key).")
+@click.option("--latency", type=float, default=0.0, help="Seconds to wait before each answer.")
+@click.option("--fail-status", type=int, help="Answer every HTTP request with this status.")
+@click.option("--ws-close-code", type=int, help="Close sockets with this code (1006: abort) after each user message.")
+def simulate(host: str, port: int, api_key: str | None, latency: float, fail_status: int | None,
+             ws_close_code: int | None) -> None:
+    """Run the built-in ElevenLabs simulator (HTTP and WebSocket) on loopback.
+
+    It serves the ElevenLabs conversational endpoints with a deterministic customs
+    classification agent that remembers only what the protocol carries.
+    """
+    from addons.simulator.server import Faults, serve
+
+    faults = Faults(latency=latency, status=fail_status, ws_close_code=ws_close_code)
+    try:
+        serve(host, port, api_key=api_key, faults=faults)
+    except OSError as e:
+        raise click.ClickException(f"cannot listen on {host}:{port}: {e.strerror or e}") from e

@@ -1,0 +1,125 @@
+"""The neutral records the analysis works on: Exchange, WsMessage, Turn, Call, Finding."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+USER = "user"
+AGENT = "agent"
+CONTEXT = "context"  # a contextual update: context the agent holds, but not a spoken turn
+
+HTTP = "http"
+WEBSOCKET = "websocket"
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """One turn of a conversation: who spoke (user, agent, or context) and what."""
+
+    role: str
+    text: str
+    time: float | None = None
+
+    def key(self) -> tuple[str, str]:
+        """The identity used to compare turns: role and whitespace-folded text."""
+        return (self.role, " ".join(self.text.split()))
+
+
+@dataclass(slots=True)
+class Exchange:
+    """One HTTP request and its response (or error), as recorded; no mitmproxy types."""
+
+    flow_id: str
+    method: str
+    url: str
+    path: str
+    query: dict[str, str]
+    request_headers: dict[str, str]
+    request_body: bytes
+    started: float
+    status: int | None = None
+    response_headers: dict[str, str] = field(default_factory=dict)
+    response_body: bytes | None = None
+    ended: float | None = None
+    error: str | None = None
+    client: str = ""
+
+
+@dataclass(slots=True)
+class WsMessage:
+    """One WebSocket message: direction, time, text (None when binary) and size in bytes."""
+
+    from_client: bool
+    timestamp: float
+    text: str | None
+    size: int
+
+
+@dataclass(slots=True)
+class Call:
+    """One exchange with the agent: an HTTP simulate call or one WebSocket user turn."""
+
+    id: str
+    flow_id: str
+    protocol: str
+    endpoint: str
+    agent_id: str
+    started: float
+    ended: float | None = None
+    user_text: str | None = None
+    reply: list[Turn] = field(default_factory=list)
+    context: list[Turn] = field(default_factory=list)
+    context_field: str = ""
+    extra_context: dict[str, list[Turn]] = field(default_factory=dict)
+    context_formats: dict[str, str] = field(default_factory=dict)
+    declared_session: str | None = None
+    user_id: str | None = None
+    conversation_id: str | None = None
+    server_conversation: str = ""
+    turn_index: int = 0
+    opening: str | None = None
+    first_message_override: str | None = None
+    status: int | None = None
+    close_code: int | None = None
+    error: str | None = None
+    client: str = ""
+    request_digest: str = ""
+    session: str = ""
+    session_source: str = ""
+
+    @property
+    def reply_text(self) -> str:
+        """The agent's answer to this call: its first agent turn, or empty."""
+        return next((t.text for t in self.reply if t.role == AGENT), "")
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict of this call (turns as {role, text, time})."""
+        return asdict(self)
+
+
+@dataclass(slots=True)
+class Note:
+    """Something the decoder could not take as a call: the raw material of unparsed-payload."""
+
+    flow_id: str
+    kind: str
+    detail: str
+
+
+@dataclass(slots=True)
+class Finding:
+    """A rule's verdict on some calls: rule id, severity, evidence and a likely fix."""
+
+    rule: str
+    severity: str
+    session: str
+    flow_ids: list[str]
+    message: str
+    evidence: dict[str, Any] = field(default_factory=dict)
+    fix: str = ""
+    call_ids: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict in the findings.json shape."""
+        return asdict(self)

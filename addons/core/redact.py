@@ -1,0 +1,153 @@
+"""Redaction: API keys, signatures, tokens and secret__ variables removed from copies before any write.
+
+A ``Redactor`` works in two passes on everything it is given: it removes secrets by where
+they stand (header names, query parameter names, JSON keys, ``secret__`` dynamic variables),
+and it remembers each secret value it removed so that the same value is scrubbed wherever
+else it shows up (echoed in a body, pasted in a log line). Live traffic is never touched:
+callers redact copies.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+MASK = "[REDACTED]"
+
+SECRET_HEADERS = frozenset({"xi-api-key", "authorization", "proxy-authorization", "cookie", "set-cookie"})
+SECRET_PARAMS = frozenset({"conversation_signature", "token", "xi-api-key", "api_key", "signature"})
+SECRET_KEYS = frozenset({
+    "xi_api_key",
+    "api_key",
+    "token",
+    "conversation_token",
+    "conversation_signature",
+    "shareable_token",
+    "hmac_secret",
+    "secret",
+    "password",
+    "authorization",
+})
+URL_KEYS = frozenset({"signed_url", "url", "conversation_url"})
+SECRET_PREFIX = "secret__"
+# Secret-looking values caught even when nobody named them: ElevenLabs keys and bearer tokens.
+PATTERNS = (
+    re.compile(r"\bsk_[A-Za-z0-9_]{8,}"),
+    re.compile(r"(?i)(conversation_signature|[?&]token)=[^&\s\"'<>]+"),
+    re.compile(r"(?i)\bbearer[ .][A-Za-z0-9._~+/=-]{8,}"),
+)
+MIN_SECRET_LEN = 6  # shorter values are not scrubbed globally (too many false hits)
+
+
+class Redactor:
+    """Removes secrets from headers, URLs, JSON and text, remembering each value it removed."""
+
+    def __init__(self, extra_headers: frozenset[str] = frozenset(), extra_keys: frozenset[str] = frozenset()) -> None:
+        self.headers = SECRET_HEADERS | {h.lower() for h in extra_headers}
+        self.keys = SECRET_KEYS | {k.lower() for k in extra_keys}
+        self.seen: set[str] = set()
+
+    def _remember(self, value: str) -> None:
+        value = value.strip()
+        if len(value) >= MIN_SECRET_LEN and value != MASK:
+            self.seen.add(value)
+            if value.lower().startswith("bearer "):
+                self.seen.add(value[7:].strip())
+
+    def headers_(self, headers: dict[str, str]) -> dict[str, str]:
+        """A copy of the headers with secret ones masked (and the WebSocket bearer subprotocol)."""
+        out = {}
+        for name, value in headers.items():
+            low = name.lower()
+            if low in self.headers:
+                self._remember(value)
+                out[name] = MASK
+            elif low == "sec-websocket-protocol" and "bearer." in value:
+                parts = [p.strip() for p in value.split(",")]
+                for p in parts:
+                    if p.startswith("bearer."):
+                        self._remember(p[7:])
+                out[name] = ", ".join(f"bearer.{MASK}" if p.startswith("bearer.") else p for p in parts)
+            else:
+                out[name] = self.text(value)
+        return out
+
+    def url(self, url: str) -> str:
+        """The URL with secret query values masked."""
+        try:
+            parts = urlsplit(url)
+        except ValueError:
+            return self.text(url)
+        if not parts.query:
+            return url
+        pairs = parse_qsl(parts.query, keep_blank_values=True)
+        changed = False
+        clean = []
+        for k, v in pairs:
+            if k.lower() in SECRET_PARAMS and v:
+                self._remember(v)
+                clean.append((k, MASK))
+                changed = True
+            else:
+                clean.append((k, v))
+        if not changed:
+            return self.text(url)
+        return urlunsplit(parts._replace(query=urlencode(clean, safe="[]")))
+
+    def json(self, obj: Any) -> Any:
+        """A copy of a JSON value with secret keys, secret__ variables and secret URL params masked."""
+        if isinstance(obj, dict):
+            out: dict[str, Any] = {}
+            for k, v in obj.items():
+                low = str(k).lower()
+                if (low in self.keys or low.startswith(SECRET_PREFIX)) and v not in (None, "", {}, []):
+                    if isinstance(v, str):
+                        self._remember(v)
+                    out[k] = MASK
+                elif low in URL_KEYS and isinstance(v, str):
+                    out[k] = self.url(v)
+                else:
+                    out[k] = self.json(v)
+            return out
+        if isinstance(obj, list):
+            return [self.json(v) for v in obj]
+        return obj
+
+    def text(self, text: str) -> str:
+        """Free text with every remembered secret value and secret-looking pattern masked."""
+        for value in sorted(self.seen, key=len, reverse=True):
+            if value in text:
+                text = text.replace(value, MASK)
+        for pattern in PATTERNS:
+            text = pattern.sub(_mask_match, text)
+        return text
+
+    def body(self, raw: bytes | None) -> bytes | None:
+        """A body with secrets masked: JSON is rewritten structurally, other text by value."""
+        if not raw:
+            return raw
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return raw
+        try:
+            obj = json.loads(text)
+        except ValueError:
+            red = self.text(text)
+            return raw if red == text else red.encode("utf-8")
+        clean = self.json(obj)
+        if clean == obj:
+            red = self.text(text)
+            return raw if red == text else red.encode("utf-8")
+        return self.text(json.dumps(clean, ensure_ascii=False)).encode("utf-8")
+
+
+def _mask_match(m: re.Match[str]) -> str:
+    text = m.group(0)
+    if "=" in text and not text.lower().startswith("bearer"):
+        return text.split("=", 1)[0] + "=" + MASK
+    if text.lower().startswith("bearer"):
+        return text[:7] + MASK
+    return MASK

@@ -1,0 +1,137 @@
+"""The journal: ``journal.jsonl`` and ``flows.mitm`` written, redacted and flushed, as flows complete.
+
+Write-failure policy: traffic always flows. When a write fails (disk full, directory gone)
+the error is logged once, writing stops, and ``failed`` holds the reason so that
+``sessiontap record`` can report it and exit non-zero. Nothing fails silently.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import IO, Any
+
+from mitmproxy import ctx, exceptions, http, io
+from mitmproxy.addonmanager import Loader
+
+from addons import adapt
+from addons.core.redact import Redactor
+from addons.guard import guarded
+
+log = logging.getLogger("sessiontap")
+
+JOURNAL_FILE = "journal.jsonl"
+CAPTURE_FILE = "flows.mitm"
+
+
+class Journal:
+    """Appends one redacted JSON line per event and one redacted flow per completed flow."""
+
+    def __init__(self) -> None:
+        self.redactor = Redactor()
+        self.out: Path | None = None
+        self.lines: IO[str] | None = None
+        self.capture: IO[bytes] | None = None
+        self.writer: io.FlowWriter | None = None
+        self.open_sockets: dict[str, http.HTTPFlow] = {}
+        self.failed: str | None = None
+        self.closed = False
+
+    def load(self, loader: Loader) -> None:
+        loader.add_option(
+            "sessiontap_out", str, "",
+            "Directory for journal.jsonl and flows.mitm (created if missing; '' writes nothing).",
+        )
+
+    def configure(self, updated: set[str]) -> None:
+        if "sessiontap_out" not in updated:
+            return
+        self._close()
+        value = ctx.options.sessiontap_out
+        if not value:
+            self.out = None
+            return
+        out = Path(value)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            self.lines = open(out / JOURNAL_FILE, "a", encoding="utf-8")  # noqa: SIM115 - lives until done()
+            self.capture = open(out / CAPTURE_FILE, "ab")  # noqa: SIM115 - lives until done()
+        except OSError as e:
+            raise exceptions.OptionsError(f"sessiontap_out: cannot write to {value!r}: {e.strerror or e}") from e
+        self.writer = io.FlowWriter(self.capture)
+        self.out = out
+        self.closed = False
+        self.record("start", {"pid": os.getpid(), "out": str(out)})
+
+    def _fail(self, what: str, e: OSError) -> None:
+        if self.failed is None:
+            self.failed = f"could not write {what}: {e.strerror or e}"
+            log.error("sessiontap: %s; recording stopped, traffic still flows", self.failed)
+
+    def learn(self, flow: http.HTTPFlow) -> None:
+        """Let the redactor see the flow's secrets (headers, query) before anything about it is written."""
+        self.redactor.headers_(adapt.request_headers(flow))
+        self.redactor.url(flow.request.url)
+
+    def record(self, event: str, payload: dict[str, Any], flow: http.HTTPFlow | None = None) -> None:
+        """Append one journal line ``{"event": ..., "time": ..., **payload}``, redacted and flushed."""
+        if self.lines is None or self.failed or self.closed:
+            return
+        if flow is not None:
+            self.learn(flow)
+        line = {"event": event, "time": round(time.time(), 6), **self.redactor.json(payload)}
+        text = self.redactor.text(json.dumps(line, ensure_ascii=False, default=str))
+        try:
+            self.lines.write(text + "\n")
+            self.lines.flush()
+        except OSError as e:
+            self._fail(JOURNAL_FILE, e)
+
+    def _save(self, flow: http.HTTPFlow) -> None:
+        if self.writer is None or self.capture is None or self.failed or self.closed:
+            return
+        self.learn(flow)
+        try:
+            self.writer.add(adapt.redacted_copy(flow, self.redactor))
+            self.capture.flush()
+        except OSError as e:
+            self._fail(CAPTURE_FILE, e)
+
+    @guarded
+    def response(self, flow: http.HTTPFlow) -> None:
+        if flow.websocket is None:
+            self._save(flow)
+        else:
+            self.open_sockets[flow.id] = flow
+
+    @guarded
+    def error(self, flow: http.HTTPFlow) -> None:
+        if flow.websocket is None:
+            self._save(flow)
+
+    @guarded
+    def websocket_end(self, flow: http.HTTPFlow) -> None:
+        if self.open_sockets.pop(flow.id, None) is not None:
+            self._save(flow)
+
+    def done(self) -> None:
+        # mitmproxy calls done() before the open sockets' websocket_end: save them as they are now.
+        for flow in list(self.open_sockets.values()):
+            self._save(flow)
+        self.open_sockets.clear()
+        self.record("end", {})
+        self._close()
+
+    def _close(self) -> None:
+        for f in (self.lines, self.capture):
+            if f is not None:
+                try:
+                    f.close()
+                except OSError as e:
+                    self._fail("files", e)
+        self.lines = self.capture = None
+        self.writer = None
+        self.closed = True

@@ -1,0 +1,177 @@
+"""Session tagging: each live call decoded, given a session id, tagged upstream and on the response."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Protocol
+
+from mitmproxy import ctx, exceptions, http
+from mitmproxy.addonmanager import Loader
+
+from addons import adapt
+from addons.core.decode import Decoded, WsDecoder, decode_exchange, header, is_conversational, is_websocket_path
+from addons.core.model import Call, Note
+from addons.core.sessions import SessionTracker
+from addons.guard import guarded
+
+log = logging.getLogger("sessiontap")
+
+TAG_HEADER = "X-Sessiontap-Session"
+META_KEY = "sessiontap"
+
+
+class Sink(Protocol):
+    """Where the tagger sends what it found (the Journal addon)."""
+
+    def record(self, event: str, payload: dict[str, Any], flow: http.HTTPFlow | None = None) -> None: ...
+
+
+class SessionTagger:
+    """Decodes each conversational flow as it happens and tags it with its session id."""
+
+    def __init__(self) -> None:
+        self.tracker = SessionTracker()
+        self.pending: dict[str, Call] = {}
+        self.sockets: dict[str, WsDecoder] = {}
+        self.calls: list[Call] = []
+        self.notes: list[Note] = []
+        self.first_messages: dict[str, str] = {}
+        self.sink: Sink | None = None
+
+    def load(self, loader: Loader) -> None:
+        loader.add_option(
+            "sessiontap_session_header", str, "x-session-id",
+            "Request header in which the client declares its session id ('' for none).",
+        )
+        loader.add_option(
+            "sessiontap_session_field", str, "",
+            "Dotted JSON body field in which the client declares its session id, e.g. "
+            "'metadata.session_id' ('' for none).",
+        )
+        loader.add_option(
+            "sessiontap_session_gap", float, 600.0,
+            "Seconds after which a call with no other evidence no longer joins the same client's "
+            "latest session.",
+        )
+
+    def configure(self, updated: set[str]) -> None:
+        if "sessiontap_session_gap" in updated:
+            if ctx.options.sessiontap_session_gap < 0:
+                raise exceptions.OptionsError(
+                    f"sessiontap_session_gap must be a number of seconds >= 0 "
+                    f"(got {ctx.options.sessiontap_session_gap})"
+                )
+            self.tracker.session_gap = ctx.options.sessiontap_session_gap
+
+    def running(self) -> None:
+        self.sink = ctx.master.addons.get("journal")
+
+    # -- the hand-offs -------------------------------------------------------------------
+    def _emit(self, flow: http.HTTPFlow, found: Decoded) -> None:
+        for call in found.calls:
+            if not call.session:
+                self.tracker.assign(call)
+            self.tracker.complete(call)
+            self.calls.append(call)
+            meta = flow.metadata.setdefault(META_KEY, {})
+            meta.update(session=call.session, session_source=call.session_source)
+            meta.setdefault("calls", []).append(call.id)
+            if self.sink:
+                self.sink.record("call", call.to_json(), flow)
+        for note in found.notes:
+            self.notes.append(note)
+            if self.sink:
+                self.sink.record("note", {"flow_id": note.flow_id, "kind": note.kind, "detail": note.detail}, flow)
+        self.first_messages.update(found.first_messages)
+
+    def on_error(self, hook: str, flow: object, error: Exception) -> None:
+        """A hook failed: keep the traffic, note the failure as an unparsed payload."""
+        flow_id = getattr(flow, "id", "")
+        found = Decoded(notes=[Note(flow_id, "analysis-error", f"{hook}: {type(error).__name__}: {error}")])
+        if isinstance(flow, http.HTTPFlow):
+            self._emit(flow, found)
+
+    def _options(self) -> tuple[str, str]:
+        return ctx.options.sessiontap_session_header, ctx.options.sessiontap_session_field
+
+    # -- hooks ----------------------------------------------------------------------------
+    @guarded
+    def request(self, flow: http.HTTPFlow) -> None:
+        if not flow.live or not is_conversational(flow.request.path.split("?", 1)[0]):
+            return
+        if is_websocket_path(flow.request.path.split("?", 1)[0]):
+            name = self._options()[0]
+            declared = header(adapt.request_headers(flow), name) if name else None
+            sid = declared or f"ws-{flow.id[:8]}"
+            flow.request.headers[TAG_HEADER] = sid
+            flow.metadata[META_KEY] = {"session": sid, "session_source": "client" if declared else ""}
+            return
+        found = decode_exchange(adapt.exchange(flow), *self._options())
+        if not found.calls:
+            return
+        call = found.calls[0]
+        self.tracker.assign(call)
+        self.pending[flow.id] = call
+        flow.request.headers[TAG_HEADER] = call.session
+        flow.metadata[META_KEY] = {"session": call.session, "session_source": call.session_source}
+
+    @guarded
+    def response(self, flow: http.HTTPFlow) -> None:
+        if not flow.live or flow.response is None:
+            return
+        if flow.websocket is not None:
+            self.sockets[flow.id] = WsDecoder(
+                flow.id, flow.request.url, adapt.request_headers(flow), flow.request.timestamp_start,
+                adapt.client_addr(flow, with_port=False), self._options()[0],
+            )
+            flow.response.headers[TAG_HEADER] = flow.metadata.get(META_KEY, {}).get("session", "")
+            return
+        started = self.pending.pop(flow.id, None)
+        found = decode_exchange(adapt.exchange(flow), *self._options())
+        if started is not None:
+            for call in found.calls:
+                call.session, call.session_source = started.session, started.session_source
+            flow.response.headers[TAG_HEADER] = started.session
+        self._emit(flow, found)
+
+    @guarded
+    def error(self, flow: http.HTTPFlow) -> None:
+        if not flow.live or not is_conversational(flow.request.path.split("?", 1)[0]):
+            return
+        started = self.pending.pop(flow.id, None)
+        msg = flow.error.msg if flow.error else "unknown error"
+        found = Decoded(notes=[Note(flow.id, "upstream-error", msg)])
+        if started is not None:
+            started.error = msg
+            found.calls.append(started)
+        self._emit(flow, found)
+
+    @guarded
+    def websocket_message(self, flow: http.HTTPFlow) -> None:
+        dec = self.sockets.get(flow.id)
+        if dec is None or flow.websocket is None:
+            return
+        self._emit(flow, dec.feed(adapt.ws_message(flow.websocket.messages[-1])))
+
+    @guarded
+    def websocket_end(self, flow: http.HTTPFlow) -> None:
+        dec = self.sockets.pop(flow.id, None)
+        if dec is None or flow.websocket is None:
+            return
+        ws = flow.websocket
+        found = dec.close(ws.close_code, ws.timestamp_end)
+        self._emit(flow, found)
+        meta = flow.metadata.setdefault(META_KEY, {})
+        meta.update(conversation_id=dec.conversation_id, user_id=dec.user_id, turns=dec.turns)
+        if self.sink:
+            self.sink.record("ws-close", {
+                "flow_id": flow.id, "conversation_id": dec.conversation_id, "close_code": ws.close_code,
+                "closed_by_client": ws.closed_by_client, "turns": dec.turns,
+                "audio_frames": dec.audio_frames, "audio_bytes": dec.audio_bytes,
+            }, flow)
+
+    def summary(self) -> dict[str, int]:
+        """Counts for the end-of-run line: sessions, calls, server conversations."""
+        servers = {c.server_conversation for c in self.calls}
+        return {"sessions": len({c.session for c in self.calls}), "calls": len(self.calls),
+                "server_conversations": len(servers)}
