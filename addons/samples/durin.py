@@ -1,0 +1,110 @@
+"""ProperDurinClient: plays the customs script through one chat client, turn by turn."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from typing import Protocol, TextIO, runtime_checkable
+
+from addons.samples.chat import (
+    ElevenLabsChatClient,
+    FixedElevenLabsChatClient,
+    SampleClientError,
+)
+from addons.samples.script import OFFICER_CONTEXT, script_messages
+from addons.samples.websocket import ElevenLabsWebSocketClient, FixedElevenLabsWebSocketClient
+
+SAMPLE_KINDS = ("faulty-http", "fixed-http", "faulty-ws", "fixed-ws")
+
+Transcript = list[tuple[str, str]]
+
+
+@runtime_checkable
+class HttpChatClient(Protocol):
+    """The HTTP client shape: one session id, passed on every send."""
+
+    def start_session(self) -> str: ...
+
+    def send(self, session_id: str, message: str) -> str: ...
+
+
+@runtime_checkable
+class SocketChatClient(Protocol):
+    """The WebSocket client shape: the client holds the session between start and end."""
+
+    def start_session(self) -> str: ...
+
+    def send(self, message: str) -> str: ...
+
+    def end_session(self) -> None: ...
+
+
+class ProperDurinClient:
+    """Runs a multi-turn conversation through a chat client, as the user's app does."""
+
+    def __init__(self, client: HttpChatClient | SocketChatClient, out: TextIO | None = None):
+        self.client = client
+        self.out = out
+        self.session_id: str | None = None
+
+    def run(self, messages: Sequence[str] | None = None) -> Transcript:
+        """Play `messages` (the customs script by default) and return (user, agent) pairs."""
+        lines = script_messages() if messages is None else list(messages)
+        client = self.client
+        if isinstance(client, SocketChatClient):
+            self.session_id = client.start_session()
+            try:
+                return [self._turn(n, text, client.send(text)) for n, text in enumerate(lines, 1)]
+            finally:
+                client.end_session()
+        session_id = self.session_id = client.start_session()
+        return [self._turn(n, text, client.send(session_id, text)) for n, text in enumerate(lines, 1)]
+
+    def _turn(self, number: int, user: str, agent: str) -> tuple[str, str]:
+        out = self.out or sys.stdout
+        print(f"[{number}] user: {user}", file=out)
+        print(f"[{number}] agent: {agent}", file=out, flush=True)
+        return user, agent
+
+
+SampleClient = (
+    ElevenLabsChatClient | FixedElevenLabsChatClient | ElevenLabsWebSocketClient | FixedElevenLabsWebSocketClient
+)
+
+
+def make_client(
+    kind: str,
+    *,
+    base_url: str | None = None,
+    api_key: str | None = None,
+    agent_id: str | None = None,
+) -> SampleClient:
+    """Return a new sample client of `kind` (one of SAMPLE_KINDS); arguments beat the env."""
+    match kind:
+        case "faulty-http":
+            return ElevenLabsChatClient(base_url, api_key, agent_id)
+        case "fixed-http":
+            return FixedElevenLabsChatClient(base_url, api_key, agent_id)
+        case "faulty-ws":
+            return ElevenLabsWebSocketClient(base_url, api_key, agent_id)
+        case "fixed-ws":
+            return FixedElevenLabsWebSocketClient(base_url, api_key, agent_id, contextual_update=OFFICER_CONTEXT)
+    raise ValueError(f"sample kind must be one of {', '.join(SAMPLE_KINDS)} (got {kind!r})")
+
+
+def run_sample(
+    kind: str,
+    turns: int | None = None,
+    *,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
+) -> int:
+    """Play the script with the `kind` sample client and return the exit code (0 ok, 1 error)."""
+    try:
+        with make_client(kind) as client:
+            ProperDurinClient(client, out=out).run(script_messages(turns))
+    except SampleClientError as exc:
+        message = " ".join(str(exc).split())  # one line, whatever the server answered
+        print(f"sessiontap sample {kind}: error: {message}", file=err or sys.stderr)
+        return 1
+    return 0

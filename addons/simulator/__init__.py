@@ -1,0 +1,1 @@
+"""The built-in ElevenLabs simulator: agent brain (`agent`) and loopback server (`server`)."""

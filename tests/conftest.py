@@ -1,0 +1,86 @@
+"""Shared fixtures: the simulator on loopback, and `sessiontap` run as a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from addons.simulator.server import Simulator, running_simulator
+
+ROOT = Path(__file__).resolve().parent.parent
+SESSIONTAP = str(Path(sys.executable).parent / "sessiontap")
+CLIENTS = Path(__file__).resolve().parent / "clients"
+
+
+@pytest.fixture(scope="session")
+def sessiontap_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One sessiontap config directory (and so one CA) for the whole test run, never in $HOME."""
+    return tmp_path_factory.mktemp("sessiontap-home")
+
+
+@pytest.fixture
+def simulator() -> Iterator[Simulator]:
+    """A fresh simulator on 127.0.0.1 for one test."""
+    with running_simulator() as sim:
+        yield sim
+
+
+@dataclass
+class Run:
+    """A finished `sessiontap` command: exit code, output and the out directory."""
+
+    code: int
+    stdout: str
+    stderr: str
+    out: Path
+
+    def journal(self) -> list[dict]:
+        return [json.loads(line) for line in (self.out / "journal.jsonl").read_text().splitlines()]
+
+    def calls(self) -> list[dict]:
+        return [e for e in self.journal() if e["event"] == "call"]
+
+    def notes(self) -> list[dict]:
+        return [e for e in self.journal() if e["event"] == "note"]
+
+
+def clean_env(home: Path, **extra: str) -> dict[str, str]:
+    """The environment for a sessiontap run: no stray proxies, our config dir, the given extras."""
+    env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+    env["SESSIONTAP_HOME"] = str(home)
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+@pytest.fixture
+def sessiontap(tmp_path: Path, sessiontap_home: Path):
+    """Run `sessiontap ARGS...` as a subprocess (bounded by a timeout) and return a Run."""
+
+    def run(*args: str, env: dict[str, str] | None = None, timeout: float = 90, out: Path | None = None) -> Run:
+        out = out or tmp_path / "out"
+        argv = [SESSIONTAP, *args]
+        if args and args[0] in ("record", "demo") and "--out" not in args:
+            argv[2:2] = ["--out", str(out)]
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=tmp_path,
+                              env=clean_env(sessiontap_home, **(env or {})))
+        return Run(proc.returncode, proc.stdout, proc.stderr, out)
+
+    return run
+
+
+def sample(name: str) -> list[str]:
+    """The command that runs one ProperDurinClient replica."""
+    return [sys.executable, "-m", "addons.samples", name]
+
+
+def client_script(name: str, *args: str) -> list[str]:
+    """The command that runs one of tests/clients/*.py."""
+    return [sys.executable, str(CLIENTS / f"{name}.py"), *args]
