@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from addons.config import load_config, validate
 from addons.core.errors import SessiontapError
+
+if TYPE_CHECKING:
+    from addons.runner import RecordResult
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
 
@@ -72,14 +75,7 @@ def record(config: Path | None, mode: str | None, upstream: str | None, listen_h
         result = run_record(settings, list(command), announce=lambda s: click.echo(s, err=True))
     except SessiontapError as e:
         raise click.ClickException(str(e)) from e
-    s = result.summary
-    click.echo(f"sessiontap: {s.get('sessions', 0)} sessions · {s.get('calls', 0)} calls · "
-               f"{s.get('server_conversations', 0)} server conversations", err=True)
-    click.echo(f"sessiontap: written to {result.out}", err=True)
-    if result.journal_error:
-        click.echo(f"sessiontap: error: {result.journal_error}", err=True)
-        raise SystemExit(result.exit_code or 1)
-    raise SystemExit(result.exit_code)
+    _finish(result)
 
 
 @main.command(context_settings=CONTEXT_SETTINGS,
@@ -104,3 +100,43 @@ def simulate(host: str, port: int, api_key: str | None, latency: float, fail_sta
         serve(host, port, api_key=api_key, faults=faults)
     except OSError as e:
         raise click.ClickException(f"cannot listen on {host}:{port}: {e.strerror or e}") from e
+
+
+@main.command(context_settings=CONTEXT_SETTINGS, epilog="\b\nExample:\n  sessiontap demo --out demo-out")
+@click.option("--out", metavar="DIR", help="Output directory [default: sessiontap-out/demo-<time>].")
+@click.option("--mode", type=click.Choice(["regular", "reverse"]), default="regular", show_default=True,
+              help="How the sample clients reach the proxy.")
+def demo(out: str | None, mode: str) -> None:
+    """Record the four sample clients against the built-in simulator.
+
+    Starts the ElevenLabs simulator on loopback, runs the faulty and the fixed
+    ProperDurinClient replicas (HTTP and WebSocket) through the proxy, and prints what
+    was recorded. Needs no account and no network.
+    """
+    import sys
+
+    from addons.runner import run_record
+    from addons.simulator.server import running_simulator
+
+    out = out or str(Path("sessiontap-out") / time.strftime("demo-%Y%m%d-%H%M%S"))
+    with running_simulator() as sim:
+        click.echo(f"sessiontap: simulator on {sim.url}", err=True)
+        settings = {"sessiontap_mode": mode, "sessiontap_upstream": sim.url, "sessiontap_out": out}
+        command = [sys.executable, "-m", "addons.samples", "all"]
+        try:
+            result = run_record(settings, command, announce=lambda s: click.echo(s, err=True))
+        except SessiontapError as e:
+            raise click.ClickException(str(e)) from e
+    _finish(result)
+
+
+def _finish(result: RecordResult) -> None:
+    """Print the end-of-run summary and exit with the run's code."""
+    s = result.summary
+    click.echo(f"sessiontap: {s.get('sessions', 0)} sessions · {s.get('calls', 0)} calls · "
+               f"{s.get('server_conversations', 0)} server conversations", err=True)
+    click.echo(f"sessiontap: written to {result.out}", err=True)
+    if result.journal_error:
+        click.echo(f"sessiontap: error: {result.journal_error}", err=True)
+        raise SystemExit(result.exit_code or 1)
+    raise SystemExit(result.exit_code)

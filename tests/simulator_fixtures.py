@@ -1,4 +1,4 @@
-"""Pytest fixtures that run the ElevenLabs simulator on loopback (use via `pytest_plugins`)."""
+"""Extra simulator fixtures (custom settings, async); `simulator` itself is in conftest.py."""
 
 from __future__ import annotations
 
@@ -9,13 +9,6 @@ from typing import Any
 import pytest
 
 from addons.simulator.server import Simulator, running_simulator
-
-
-@pytest.fixture
-def simulator() -> Iterator[Simulator]:
-    """A default simulator on its own thread (any non-empty xi-api-key, public agent)."""
-    with running_simulator() as sim:
-        yield sim
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import time
 import pytest
 from mitmproxy import io as mio
 
-from tests.conftest import client_script, clean_env, sample
+from tests.conftest import clean_env, client_script, sample
 
 KEY = "sk_test_DISTINCTIVEKEY0123456789"
 

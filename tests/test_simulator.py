@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -45,7 +46,8 @@ from addons.simulator.agent import (
 )
 from addons.simulator.server import Faults, Simulator, running_simulator, validate_simulation
 
-pytest_plugins = ("simulator_fixtures",)
+# `simulator` comes from conftest.py; the extra fixtures from simulator_fixtures.py.
+pytest_plugins = (f"{__package__}.simulator_fixtures" if __package__ else "simulator_fixtures",)
 
 KEY = {"xi-api-key": "sk_test_simulator"}
 WAIT = 5.0
@@ -275,19 +277,17 @@ def test_simulate_new_turns_limit_defaults_to_ten_and_caps_at_fifty(simulator: S
 
 
 def test_stream_is_ndjson_one_turn_a_line_then_analysis(simulator: Simulator) -> None:
-    response = (
-        client_for(simulator)
-        .conversational_ai.agents.with_raw_response.simulate_conversation_stream(
-            agent_id=DEFAULT_AGENT_ID,
-            simulation_specification=ConversationSimulationSpecification(
-                simulated_user_config=AgentConfig()
-            ),
-            new_turns_limit=3,
-        )
-        .response
+    raw = client_for(simulator).conversational_ai.agents.with_raw_response
+    wrapped = raw.simulate_conversation_stream(
+        agent_id=DEFAULT_AGENT_ID,
+        simulation_specification=ConversationSimulationSpecification(
+            simulated_user_config=AgentConfig()
+        ),
+        new_turns_limit=3,
     )
-    assert response.headers["content-type"].startswith("application/x-ndjson")
-    lines = [json.loads(line) for line in response.text.splitlines()]
+    assert wrapped.headers["content-type"].startswith("application/x-ndjson")
+    # SDK 2.78.0 returns None for the body; the bytes sit on the private httpx response.
+    lines = [json.loads(line) for line in wrapped._response.text.splitlines()]
     assert len(lines) == 4
     assert [len(line["simulated_conversation"]) for line in lines[:3]] == [1, 1, 1]
     assert lines[0]["simulated_conversation"][0]["message"] == FIRST_MESSAGE
@@ -798,19 +798,18 @@ async def test_async_start_and_stop(async_simulator: Simulator) -> None:
 
 
 def test_stopping_closes_open_sockets_with_1001() -> None:
-    with running_simulator() as sim:
+    with contextlib.ExitStack() as server:
+        sim = server.enter_context(running_simulator())
         url = f"{sim.ws_url}/v1/convai/conversation?agent_id={DEFAULT_AGENT_ID}"
-        ws = ws_client.connect(url, open_timeout=WAIT, close_timeout=WAIT)
-        ws.send(json.dumps({"type": "conversation_initiation_client_data"}))
-        assert recv_json(ws)["type"] == "conversation_initiation_metadata"
-        assert next_response(ws) == FIRST_MESSAGE
-    try:
-        with pytest.raises(ConnectionClosed) as closed:
-            ws.recv(timeout=WAIT)
-        assert closed.value.rcvd is not None
-        assert closed.value.rcvd.code == 1001
-    finally:
-        ws.close()
+        with ws_client.connect(url, open_timeout=WAIT, close_timeout=WAIT) as ws:
+            ws.send(json.dumps({"type": "conversation_initiation_client_data"}))
+            assert recv_json(ws)["type"] == "conversation_initiation_metadata"
+            assert next_response(ws) == FIRST_MESSAGE
+            server.close()  # stops the simulator while the socket is open
+            with pytest.raises(ConnectionClosed) as closed:
+                ws.recv(timeout=WAIT)
+    assert closed.value.rcvd is not None
+    assert closed.value.rcvd.code == 1001
 
 
 def test_subprocess_writes_port_file_and_exits_on_sigterm(tmp_path: Path) -> None:

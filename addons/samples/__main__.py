@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
             "2 usage error."
         ),
     )
-    parser.add_argument("kind", choices=SAMPLE_KINDS, help="which client replica to run")
+    parser.add_argument("kind", choices=[*SAMPLE_KINDS, "all"], help="which replica ('all': each in turn)")
     parser.add_argument(
         "--turns",
         type=_turns,
@@ -38,7 +38,13 @@ def main(argv: list[str] | None = None) -> int:
         help=f"number of user messages (default {len(CUSTOMS_SCRIPT)}; recap requests after that)",
     )
     args = parser.parse_args(argv)
-    return run_sample(args.kind, args.turns)
+    if args.kind != "all":
+        return run_sample(args.kind, args.turns)
+    codes = []
+    for kind in SAMPLE_KINDS:
+        print(f"== {kind} ==", flush=True)
+        codes.append(run_sample(kind, args.turns))
+    return max(codes)
 
 
 if __name__ == "__main__":
