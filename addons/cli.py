@@ -12,6 +12,7 @@ from addons.config import load_config, validate
 from addons.core.errors import SessiontapError
 
 if TYPE_CHECKING:
+    from addons.core.analysis import Analysis
     from addons.runner import RecordResult
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
@@ -132,11 +133,78 @@ def demo(out: str | None, mode: str) -> None:
 
 def _finish(result: RecordResult) -> None:
     """Print the end-of-run summary and exit with the run's code."""
-    s = result.summary
-    click.echo(f"sessiontap: {s.get('sessions', 0)} sessions · {s.get('calls', 0)} calls · "
-               f"{s.get('server_conversations', 0)} server conversations", err=True)
+    click.echo(f"sessiontap: {result.verdict}", err=True)
     click.echo(f"sessiontap: written to {result.out}", err=True)
     if result.journal_error:
         click.echo(f"sessiontap: error: {result.journal_error}", err=True)
         raise SystemExit(result.exit_code or 1)
     raise SystemExit(result.exit_code)
+
+
+def _analyse(capture: Path, config: Path | None) -> Analysis:
+    """Read and analyse a capture with mitm.yaml's thresholds; warnings go to stderr."""
+    from addons.capture import analyse_flows, read_capture
+    from addons.core.rules import Settings
+
+    settings = load_config(config)
+    cap = read_capture(capture)
+    if cap.warning:
+        click.echo(f"sessiontap: warning: {cap.warning}", err=True)
+    thresholds = Settings(settings.get("sessiontap_max_context_tokens", 8000),
+                          settings.get("sessiontap_opening_similarity", 0.85),
+                          settings.get("sessiontap_session_gap", 600.0))
+    return analyse_flows(cap.flows, thresholds, settings.get("sessiontap_session_header", "x-session-id"),
+                         settings.get("sessiontap_session_field", ""))
+
+
+CAPTURE_ARG = click.argument("capture", type=click.Path(exists=True, path_type=Path))
+CONFIG_OPT = click.option("--config", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                          help="Settings file (default: ./mitm.yaml when present).")
+
+
+@main.command(context_settings=CONTEXT_SETTINGS,
+              epilog="\b\nExit codes:\n  0  no error finding\n  1  an error finding exists\n"
+                     "  2  usage error, or the capture cannot be read\n\b\nExample:\n"
+                     "  sessiontap check sessiontap-out/demo/flows.mitm")
+@CAPTURE_ARG
+@CONFIG_OPT
+def check(capture: Path, config: Path | None) -> None:
+    """Analyse a capture and exit 1 when it has an error finding (a CI gate).
+
+    CAPTURE is a flow file (flows.mitm, or any mitmdump capture) or a record output directory.
+    """
+    try:
+        analysis = _analyse(capture, config)
+    except SessiontapError as e:
+        click.echo(f"Error: {e}", err=True)
+        raise SystemExit(2) from e
+    click.echo(analysis.verdict())
+    for f in analysis.findings:
+        if f.severity == "error":
+            click.echo(f"  {f.severity}: [{f.rule}] {f.session}: {f.message}")
+    raise SystemExit(1 if analysis.has_errors else 0)
+
+
+@main.command(context_settings=CONTEXT_SETTINGS,
+              epilog="\b\nExample:\n  sessiontap report old.mitm --out old-report")
+@CAPTURE_ARG
+@CONFIG_OPT
+@click.option("--out", metavar="DIR", help="Output directory [default: the capture's directory].")
+def report(capture: Path, config: Path | None, out: str | None) -> None:
+    """Re-analyse a capture and write findings.json for it.
+
+    CAPTURE is a flow file (flows.mitm, or any mitmdump capture) or a record output directory.
+    """
+    from addons.findings import write_findings
+
+    try:
+        analysis = _analyse(capture, config)
+        target = Path(out) if out else (capture if capture.is_dir() else capture.parent)
+        target.mkdir(parents=True, exist_ok=True)
+        path = write_findings(analysis, target)
+    except SessiontapError as e:
+        raise click.ClickException(str(e)) from e
+    except OSError as e:
+        raise click.ClickException(f"cannot write to {out}: {e.strerror or e}") from e
+    click.echo(f"sessiontap: {analysis.verdict()}", err=True)
+    click.echo(f"sessiontap: findings written to {path}", err=True)

@@ -18,6 +18,8 @@ from mitmproxy import ctx, exceptions, http, io
 from mitmproxy.addonmanager import Loader
 
 from addons import adapt
+from addons.core.analysis import Closing
+from addons.core.model import Call, Note
 from addons.core.redact import Redactor
 from addons.guard import guarded
 
@@ -89,6 +91,23 @@ class Journal:
             self.lines.flush()
         except OSError as e:
             self._fail(JOURNAL_FILE, e)
+
+    def on_call(self, call: Call, flow: http.HTTPFlow) -> None:
+        """Journal a decoded call."""
+        self.record("call", call.to_json(), flow)
+
+    def on_note(self, note: Note, flow: http.HTTPFlow) -> None:
+        """Journal something the decoder could not take as a call."""
+        self.record("note", {"flow_id": note.flow_id, "kind": note.kind, "detail": note.detail}, flow)
+
+    def on_close(self, closing: Closing, flow: http.HTTPFlow, info: dict[str, Any]) -> None:
+        """Journal the end of a WebSocket conversation."""
+        self.record("ws-close", {"flow_id": closing.flow_id, "conversation": closing.key, "close_code": closing.code,
+                                 "closed_by_client": closing.by_client, **info}, flow)
+
+    def on_first_message(self, agent_id: str, text: str) -> None:
+        """Journal an agent's configured opening line."""
+        self.record("agent", {"agent_id": agent_id, "first_message": text})
 
     def _save(self, flow: http.HTTPFlow) -> None:
         if self.writer is None or self.capture is None or self.failed or self.closed:

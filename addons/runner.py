@@ -21,6 +21,7 @@ from mitmproxy.master import Master
 
 from addons.core.errors import SessiontapError
 from addons.core.redact import Redactor
+from addons.findings import Findings
 from addons.router import DEFAULT_UPSTREAM, ELEVENLABS_HOSTS, parse_upstream
 from addons.sessiontap import chain
 from addons.tagger import SessionTagger
@@ -47,6 +48,7 @@ class RecordResult:
     summary: dict[str, int] = field(default_factory=dict)
     out: str = ""
     journal_error: str | None = None
+    verdict: str = ""
 
 
 def check_upstream(url: str, timeout: float = 3.0) -> None:
@@ -224,8 +226,10 @@ async def record(settings: dict[str, Any], command: list[str],
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.remove_signal_handler(sig)
     tagger = next(a for a in ours if isinstance(a, SessionTagger))
+    findings = next(a for a in ours if isinstance(a, Findings))
     journal_error = getattr(master.addons.get("journal"), "failed", None)
-    return RecordResult(code, tagger.summary(), out, journal_error)
+    verdict = findings.analysis.verdict() if findings.analysis else ""
+    return RecordResult(code, tagger.summary(), out, journal_error, verdict)
 
 
 def run_record(settings: dict[str, Any], command: list[str],

@@ -22,14 +22,15 @@ if not _importable():  # loaded as a plain script from a checkout that is not in
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from addons.audio import AudioSummary  # noqa: E402
+from addons.findings import Findings  # noqa: E402
 from addons.journal import Journal  # noqa: E402
 from addons.router import Router  # noqa: E402
 from addons.tagger import SessionTagger  # noqa: E402
 
 
 def chain() -> list[object]:
-    """Fresh instances of sessiontap's addons in hook order (routing, tagging, audio, journal)."""
-    return [Router(), SessionTagger(), AudioSummary(), Journal()]
+    """Fresh instances of sessiontap's addons in hook order (routing, tagging, audio, findings, journal)."""
+    return [Router(), SessionTagger(), AudioSummary(), Findings(), Journal()]
 
 
 addons = chain()

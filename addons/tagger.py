@@ -9,6 +9,7 @@ from mitmproxy import ctx, exceptions, http
 from mitmproxy.addonmanager import Loader
 
 from addons import adapt
+from addons.core.analysis import Closing
 from addons.core.decode import Decoded, WsDecoder, decode_exchange, header, is_conversational, is_websocket_path
 from addons.core.model import Call, Note
 from addons.core.sessions import SessionTracker
@@ -20,10 +21,19 @@ TAG_HEADER = "X-Sessiontap-Session"
 META_KEY = "sessiontap"
 
 
-class Sink(Protocol):
-    """Where the tagger sends what it found (the Journal addon)."""
+class Listener(Protocol):
+    """An addon that wants each call, note and socket end the tagger decodes (Findings, Journal)."""
 
-    def record(self, event: str, payload: dict[str, Any], flow: http.HTTPFlow | None = None) -> None: ...
+    def on_call(self, call: Call, flow: http.HTTPFlow) -> None: ...
+
+    def on_note(self, note: Note, flow: http.HTTPFlow) -> None: ...
+
+    def on_close(self, closing: Closing, flow: http.HTTPFlow, info: dict[str, Any]) -> None: ...
+
+    def on_first_message(self, agent_id: str, text: str) -> None: ...
+
+
+LISTENERS = ("findings", "journal")  # in this order: findings go to the journal as they are found
 
 
 class SessionTagger:
@@ -36,7 +46,7 @@ class SessionTagger:
         self.calls: list[Call] = []
         self.notes: list[Note] = []
         self.first_messages: dict[str, str] = {}
-        self.sink: Sink | None = None
+        self.listeners: list[Listener] = []
 
     def load(self, loader: Loader) -> None:
         loader.add_option(
@@ -64,7 +74,7 @@ class SessionTagger:
             self.tracker.session_gap = ctx.options.sessiontap_session_gap
 
     def running(self) -> None:
-        self.sink = ctx.master.addons.get("journal")
+        self.listeners = [a for a in map(ctx.master.addons.get, LISTENERS) if a is not None]
 
     # -- the hand-offs -------------------------------------------------------------------
     def _emit(self, flow: http.HTTPFlow, found: Decoded) -> None:
@@ -76,13 +86,16 @@ class SessionTagger:
             meta = flow.metadata.setdefault(META_KEY, {})
             meta.update(session=call.session, session_source=call.session_source)
             meta.setdefault("calls", []).append(call.id)
-            if self.sink:
-                self.sink.record("call", call.to_json(), flow)
+            for listener in self.listeners:
+                listener.on_call(call, flow)
         for note in found.notes:
             self.notes.append(note)
-            if self.sink:
-                self.sink.record("note", {"flow_id": note.flow_id, "kind": note.kind, "detail": note.detail}, flow)
+            for listener in self.listeners:
+                listener.on_note(note, flow)
         self.first_messages.update(found.first_messages)
+        for agent, text in found.first_messages.items():
+            for listener in self.listeners:
+                listener.on_first_message(agent, text)
 
     def on_error(self, hook: str, flow: object, error: Exception) -> None:
         """A hook failed: keep the traffic, note the failure as an unparsed payload."""
@@ -163,12 +176,11 @@ class SessionTagger:
         self._emit(flow, found)
         meta = flow.metadata.setdefault(META_KEY, {})
         meta.update(conversation_id=dec.conversation_id, user_id=dec.user_id, turns=dec.turns)
-        if self.sink:
-            self.sink.record("ws-close", {
-                "flow_id": flow.id, "conversation_id": dec.conversation_id, "close_code": ws.close_code,
-                "closed_by_client": ws.closed_by_client, "turns": dec.turns,
-                "audio_frames": dec.audio_frames, "audio_bytes": dec.audio_bytes,
-            }, flow)
+        closing = Closing(dec.conversation_id or flow.id, flow.id, ws.close_code, ws.closed_by_client,
+                          ws.timestamp_end or 0.0)
+        info = {"turns": dec.turns, "audio_frames": dec.audio_frames, "audio_bytes": dec.audio_bytes}
+        for listener in self.listeners:
+            listener.on_close(closing, flow, info)
 
     def summary(self) -> dict[str, int]:
         """Counts for the end-of-run line: sessions, calls, server conversations."""

@@ -87,6 +87,7 @@ class Call:
     request_digest: str = ""
     session: str = ""
     session_source: str = ""
+    churned_from: str | None = None
 
     @property
     def reply_text(self) -> str:
@@ -123,3 +124,37 @@ class Finding:
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict in the findings.json shape."""
         return asdict(self)
+
+
+@dataclass(slots=True)
+class ServerConversation:
+    """What ElevenLabs held for a session: one socket / conversation_id, or one simulate call."""
+
+    key: str
+    flow_id: str
+    user_messages: int = 0
+    close_code: int | None = None
+    closed_by_client: bool | None = None
+    after_upstream_error: bool = False
+
+    @property
+    def upstream_failed(self) -> bool:
+        """True when the server side ended it abnormally (1011, or 1006 not caused by the client)."""
+        return self.close_code in (1011, 1006) and not self.closed_by_client
+
+
+@dataclass(slots=True)
+class SessionState:
+    """Everything the rules know about one session so far (built call by call)."""
+
+    id: str
+    source: str
+    protocol: str
+    calls: list[Call] = field(default_factory=list)
+    opening: str | None = None
+    server_conversations: dict[str, ServerConversation] = field(default_factory=dict)
+    threads: dict[int, int] = field(default_factory=dict)  # lineage hash -> thread number
+    thread_calls: dict[int, int] = field(default_factory=dict)  # thread number -> calls
+    latest_thread: int = 0
+    resets: set[str] = field(default_factory=set)
+    aggregates: dict[str, Finding] = field(default_factory=dict)

@@ -8,8 +8,11 @@ The algorithm, applied to each call as it starts (live) or in time order (offlin
    names the session: ``id_source = "client"``.
 3. On the WebSocket, the ``user_id`` of the initiation message names it: ``client`` too.
 4. Context lineage: a call whose context starts with an earlier call's context plus that
-   call's reply continues the earlier call's session (longest such prefix wins):
+   call's reply continues the earlier call's session (longest such prefix that holds a user
+   turn wins; same protocol and agent only):
    ``lineage``. Two interleaved conversations carry different histories, so they stay two.
+   A declared id that changes while the lineage goes on keeps the earlier session (and the
+   call is marked ``churned_from``, the rule ``session-id-churn``).
 5. The server's ``conversation_id``: ``conversation_id``.
 6. Failing all, a call that carries no context at all joins the latest session of the same
    agent, protocol and client whose last call was at most ``session_gap`` seconds ago
@@ -23,17 +26,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from addons.core.model import Call, Turn
+from addons.core.model import USER, Call, Turn
 
 CLIENT = "client"
 CONVERSATION_ID = "conversation_id"
 LINEAGE = "lineage"
 
 
-def prefix_hashes(turns: list[Turn]) -> list[int]:
+def prefix_hashes(turns: list[Turn], seed: object = 0) -> list[int]:
     """Rolling hashes of every non-empty prefix of a turn list (index k = first k+1 turns)."""
     out = []
-    h = 0
+    h = hash(seed)
     for t in turns:
         h = hash((h, t.key()))
         out.append(h)
@@ -67,8 +70,12 @@ class SessionTracker:
         return f"session-{self._counter}"
 
     def _lineage_match(self, call: Call) -> str | None:
-        hashes = prefix_hashes(call.context)
-        for h in reversed(hashes):
+        """The session whose context + reply this call's context extends (a shared user turn is required)."""
+        first_user = next((i for i, t in enumerate(call.context) if t.role == USER), None)
+        if first_user is None:
+            return None
+        hashes = prefix_hashes(call.context, (call.protocol, call.agent_id))
+        for h in reversed(hashes[first_user:]):
             sid = self.lineage.get(h)
             if sid is not None:
                 return sid
@@ -93,6 +100,10 @@ class SessionTracker:
         if known is not None:
             return known, self.sessions[known].source
         if call.declared_session:
+            sid = self._lineage_match(call)
+            if (sid is not None and sid != call.declared_session and call.declared_session not in self.sessions
+                    and self.sessions[sid].source == CLIENT):
+                return sid, CLIENT  # the declared id changed while the conversation went on (churn)
             return call.declared_session, CLIENT
         if call.user_id:
             return f"user:{call.user_id}", CLIENT
@@ -121,6 +132,8 @@ class SessionTracker:
         if call.conversation_id:
             self.by_server_conversation[call.conversation_id] = sid
         call.session, call.session_source = sid, state.source
+        if call.declared_session and call.declared_session != sid and state.source == CLIENT:
+            call.churned_from = sid
         return sid
 
     def complete(self, call: Call) -> None:
@@ -129,9 +142,7 @@ class SessionTracker:
             return
         turns = call.context + call.reply
         if turns:
-            self.lineage[prefix_hashes(turns)[-1]] = call.session
-        if call.context:
-            self.lineage.setdefault(prefix_hashes(call.context)[-1], call.session)
+            self.lineage[prefix_hashes(turns, (call.protocol, call.agent_id))[-1]] = call.session
         state = self.sessions.get(call.session)
         if state is not None and call.ended:
             state.last_seen = max(state.last_seen, call.ended)

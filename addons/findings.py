@@ -1,0 +1,103 @@
+"""Live findings: each call judged as it completes, journaled, marked in mitmweb, and findings.json at the end."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from mitmproxy import ctx, exceptions, hooks, http
+from mitmproxy.addonmanager import Loader
+
+from addons.core.analysis import Analysis, Analyzer, Closing
+from addons.core.model import Call, Finding, Note
+from addons.core.rules import ERROR, Settings
+from addons.guard import guarded
+
+log = logging.getLogger("sessiontap")
+
+FINDINGS_FILE = "findings.json"
+MARKS = {"error": ":x:", "warning": ":warning:", "info": ":information_source:"}
+
+
+def version() -> str:
+    """sessiontap's installed version."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as pkg_version
+
+    try:
+        return pkg_version("sessiontap")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def write_findings(analysis: Analysis, out: Path) -> Path:
+    """Write findings.json into ``out`` (atomically) and return its path."""
+    path = out / FINDINGS_FILE
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(analysis.to_json(version()), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+class Findings:
+    """Runs the continuity rules over each call as the tagger decodes it."""
+
+    def __init__(self) -> None:
+        self.analyzer = Analyzer()
+        self.analysis: Analysis | None = None
+
+    def load(self, loader: Loader) -> None:
+        loader.add_option("sessiontap_max_context_tokens", int, 8000,
+                          "Approximate token count above which a context raises context-oversize.")
+        loader.add_option("sessiontap_opening_similarity", float, 0.85,
+                          "How alike (0-1) a reply must be to the opening line to count as repeated-opening.")
+
+    def configure(self, updated: set[str]) -> None:
+        opts = ctx.options
+        if opts.sessiontap_max_context_tokens < 0:
+            raise exceptions.OptionsError(
+                f"sessiontap_max_context_tokens must be a whole number >= 0 (got {opts.sessiontap_max_context_tokens})")
+        if not 0 < opts.sessiontap_opening_similarity <= 1:
+            raise exceptions.OptionsError(
+                f"sessiontap_opening_similarity must be between 0 and 1 (got {opts.sessiontap_opening_similarity})")
+        self.analyzer.settings = Settings(opts.sessiontap_max_context_tokens, opts.sessiontap_opening_similarity,
+                                          getattr(opts, "sessiontap_session_gap", 600.0))
+
+    def _publish(self, found: list[Finding], flow: http.HTTPFlow) -> None:
+        journal = ctx.master.addons.get("journal")
+        for f in found:
+            if journal is not None:
+                journal.record("finding", f.to_json())
+            if flow.id in f.flow_ids and (not flow.marked or f.severity == ERROR):
+                flow.marked = MARKS.get(f.severity, ":warning:")
+                flow.comment = "\n".join(x for x in (flow.comment, f"[{f.rule}] {f.message}") if x)
+        if found:
+            ctx.master.addons.trigger(hooks.UpdateHook([flow]))
+
+    @guarded
+    def on_call(self, call: Call, flow: http.HTTPFlow) -> None:
+        self._publish(self.analyzer.add_call(call), flow)
+
+    @guarded
+    def on_note(self, note: Note, flow: http.HTTPFlow) -> None:
+        session = flow.metadata.get("sessiontap", {}).get("session", "")
+        self._publish(self.analyzer.add_note(note, session), flow)
+
+    @guarded
+    def on_close(self, closing: Closing, flow: http.HTTPFlow, info: dict[str, Any]) -> None:
+        self._publish(self.analyzer.close_conversation(closing.key, closing.flow_id, closing.code,
+                                                       closing.by_client), flow)
+
+    def on_first_message(self, agent_id: str, text: str) -> None:
+        self.analyzer.first_messages[agent_id] = text
+
+    def done(self) -> None:
+        self.analysis = self.analyzer.result()
+        out = getattr(ctx.options, "sessiontap_out", "")
+        if out:
+            try:
+                write_findings(self.analysis, Path(out))
+            except OSError as e:
+                log.error("sessiontap: could not write %s: %s", FINDINGS_FILE, e.strerror or e)
