@@ -113,12 +113,15 @@ class Proc:
         return self.stderr.read_text(encoding="utf-8", errors="replace") if self.stderr.exists() else ""
 
     def stop(self) -> int:
-        """SIGINT, wait, then SIGKILL if it does not end; return the exit code."""
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGINT)
-            try:
+        """SIGINT and wait; SIGKILL if it does not end in time (or the wait is interrupted)."""
+        try:
+            if self.popen.poll() is None:
+                self.popen.send_signal(signal.SIGINT)
                 self.popen.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
+        except subprocess.TimeoutExpired:
+            pass
+        finally:
+            if self.popen.poll() is None:
                 self.popen.kill()
                 self.popen.wait()
         return self.popen.returncode
@@ -229,13 +232,13 @@ def read_until(ws: ClientConnection, wanted: str) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def conversation(base: str) -> Iterator[ClientConnection]:
+def conversation(base: str, user_id: str) -> Iterator[ClientConnection]:
     """An agent socket with its conversation started (metadata and opening line read)."""
     with connect(base + WS_PATH, proxy=None, open_timeout=REPLY_TIMEOUT, close_timeout=2, ping_interval=None) as ws:
         ws.send(json.dumps({
             "type": "conversation_initiation_client_data",
             "conversation_config_override": {"conversation": {"text_only": True}},
-            "user_id": "bench-user",
+            "user_id": user_id,
         }))
         read_until(ws, "conversation_initiation_metadata")
         read_until(ws, "agent_response")
@@ -252,13 +255,17 @@ class AgentSocket:
         self.stack = contextlib.ExitStack()
         self.ws: ClientConnection | None = None
         self.turns = 0
+        self.sockets = 0
 
     def ready(self) -> None:
         """Open (or replace) the socket when the next turn needs one; not part of a timed turn."""
         if self.ws is not None and (not self.turns_per_socket or self.turns < self.turns_per_socket):
             return
         self.close()
-        self.ws, self.turns = self.stack.enter_context(conversation(self.base)), 0
+        self.sockets += 1
+        # One user per socket: sessiontap would rightly report a reused user_id on a new socket as a reset.
+        self.ws = self.stack.enter_context(conversation(self.base, f"bench-user-{self.sockets}"))
+        self.turns = 0
 
     def turn(self) -> None:
         assert self.ws is not None

@@ -1,0 +1,72 @@
+"""Addon-level tests: the chain under plain mitmdump, and the fail-open guard (taddons, tflow)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from mitmproxy.test import taddons, tflow
+
+from addons import tagger as tagger_module
+from addons.journal import Journal
+from addons.tagger import SessionTagger
+from tests.conftest import ROOT, clean_env, sample
+
+MITMDUMP = str(Path(sys.executable).parent / "mitmdump")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_mitmdump_loads_the_chain_with_set_options(simulator, tmp_path, sessiontap_home):
+    port = free_port()
+    out = tmp_path / "out"
+    proc = subprocess.Popen([MITMDUMP, "-q", "-s", str(ROOT / "addons" / "sessiontap.py"), "--listen-host", "127.0.0.1",
+                             "-p", str(port), "--mode", f"reverse:{simulator.url}", "--set", "connection_strategy=lazy",
+                             "--set", f"sessiontap_out={out}", "--set", "sessiontap_session_header=x-session-id"],
+                            env=clean_env(sessiontap_home), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        run = subprocess.run(sample("fixed-http") + ["--turns", "2"], capture_output=True, text=True, timeout=60,
+                             env=clean_env(sessiontap_home, ELEVENLABS_BASE_URL=f"http://127.0.0.1:{port}"))
+        assert run.returncode == 0, run.stderr
+    finally:
+        proc.terminate()
+        proc.wait(15)
+    lines = [json.loads(x) for x in (out / "journal.jsonl").read_text().splitlines()]
+    calls = [e for e in lines if e["event"] == "call"]
+    assert len(calls) == 2 and calls[0]["session"].startswith("durin-")
+    assert (out / "flows.mitm").stat().st_size > 0
+    assert (out / "findings.json").exists()
+
+
+def test_a_failing_hook_skips_nothing_and_becomes_a_note(tmp_path, monkeypatch):
+    def boom(*args, **kwargs):
+        raise RuntimeError("decoder exploded")
+
+    monkeypatch.setattr(tagger_module, "decode_exchange", boom)
+    tagger, journal = SessionTagger(), Journal()
+    with taddons.context(tagger, journal) as tctx:
+        tctx.configure(journal, sessiontap_out=str(tmp_path))
+        tagger.listeners = [journal]
+        flow = tflow.tflow(resp=True)
+        flow.request.path = "/v1/convai/agents/a/simulate-conversation"
+        tagger.request(flow)  # raises inside: must not propagate
+        tagger.response(flow)
+        journal.response(flow)  # the journal's own hook still runs and saves the flow
+        journal.done()
+    notes = [json.loads(x) for x in (tmp_path / "journal.jsonl").read_text().splitlines()]
+    assert any(n.get("kind") == "analysis-error" and "decoder exploded" in n["detail"] for n in notes)
+    assert (tmp_path / "flows.mitm").stat().st_size > 0
