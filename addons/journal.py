@@ -27,6 +27,7 @@ log = logging.getLogger("sessiontap")
 
 JOURNAL_FILE = "journal.jsonl"
 CAPTURE_FILE = "flows.mitm"
+CONTEXT_TAIL = 4  # turns of context kept on a journal line: lines stay small in long sessions
 
 
 class Journal:
@@ -93,8 +94,12 @@ class Journal:
             self._fail(JOURNAL_FILE, e)
 
     def on_call(self, call: Call, flow: http.HTTPFlow) -> None:
-        """Journal a decoded call."""
-        self.record("call", call.to_json(), flow)
+        """Journal a decoded call; its context as a size and its last turns (flows.mitm keeps it all)."""
+        line = call.to_json()
+        context = line.pop("context")
+        line["context_turns"] = len(context)
+        line["context_tail"] = context[-CONTEXT_TAIL:]
+        self.record("call", line, flow)
 
     def on_note(self, note: Note, flow: http.HTTPFlow) -> None:
         """Journal something the decoder could not take as a call."""

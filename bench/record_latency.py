@@ -19,7 +19,7 @@ Two kinds of exchange are timed, each after a warm-up, over one connection per w
 
 How to read the table: p50/p90 are in milliseconds; "+p50" is the median latency added over
 direct; "x direct" and "x mitmdump" are ratios of medians. "x mitmdump" is what sessiontap's own
-addons (tagging, decoding, journalling) cost on top of mitmproxy itself. "drift" compares the
+addons (routing, tagging, decoding, findings, journal) cost on top of mitmproxy itself. "drift" compares the
 median of the last tenth of the samples with the first tenth: well above 1 means the cost grows
 with the number of calls (or with the length of the socket's conversation). All processes share
 the machine's cores, so compare numbers from the same machine only.

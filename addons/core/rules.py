@@ -205,10 +205,11 @@ def context_oversize(state: SessionState, call: Call, prev: Call | None, setting
     tokens = approx_tokens(turns)
     if tokens <= settings.max_context_tokens:
         return []
-    return [_finding("context-oversize", WARNING, state, [call],
-                     f"context of ~{tokens} tokens in `{name}` exceeds the limit of {settings.max_context_tokens}",
-                     "summarise or truncate older turns, keeping the product facts and the latest exchange",
-                     tokens=tokens, limit=settings.max_context_tokens, turns=len(turns), field=name)]
+    return _aggregate(state, f"context-oversize:{name}", call, _finding(
+        "context-oversize", WARNING, state, [call],
+        f"context of ~{tokens} tokens in `{name}` exceeds the limit of {settings.max_context_tokens}",
+        "summarise or truncate older turns, keeping the product facts and the latest exchange",
+        tokens=tokens, limit=settings.max_context_tokens, turns=len(turns), field=name))
 
 
 def context_format(state: SessionState, call: Call, prev: Call | None, settings: Settings) -> list[Finding]:
