@@ -10,7 +10,7 @@ import signal
 import socket
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,6 @@ from addons.core.redact import Redactor
 from addons.findings import Findings
 from addons.router import DEFAULT_UPSTREAM, ELEVENLABS_HOSTS, parse_upstream
 from addons.sessiontap import chain
-from addons.tagger import SessionTagger
 
 CA_CERT = "mitmproxy-ca-cert.pem"
 BUNDLE = "ca-bundle.pem"
@@ -42,10 +41,9 @@ def confdir() -> Path:
 
 @dataclass
 class RecordResult:
-    """What a recording run ended with: the exit code and the counts for the summary line."""
+    """What a recording run ended with: the exit code, where it wrote, and the verdict line."""
 
     exit_code: int
-    summary: dict[str, int] = field(default_factory=dict)
     out: str = ""
     journal_error: str | None = None
     verdict: str = ""
@@ -225,11 +223,10 @@ async def record(settings: dict[str, Any], command: list[str],
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.remove_signal_handler(sig)
-    tagger = next(a for a in ours if isinstance(a, SessionTagger))
     findings = next(a for a in ours if isinstance(a, Findings))
     journal_error = getattr(master.addons.get("journal"), "failed", None)
     verdict = findings.analysis.verdict() if findings.analysis else ""
-    return RecordResult(code, tagger.summary(), out, journal_error, verdict)
+    return RecordResult(code, out, journal_error, verdict)
 
 
 def run_record(settings: dict[str, Any], command: list[str],

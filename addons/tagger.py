@@ -43,9 +43,6 @@ class SessionTagger:
         self.tracker = SessionTracker()
         self.pending: dict[str, Call] = {}
         self.sockets: dict[str, WsDecoder] = {}
-        self.calls: list[Call] = []
-        self.notes: list[Note] = []
-        self.first_messages: dict[str, str] = {}
         self.listeners: list[Listener] = []
 
     def load(self, loader: Loader) -> None:
@@ -82,17 +79,14 @@ class SessionTagger:
             if not call.session:
                 self.tracker.assign(call)
             self.tracker.complete(call)
-            self.calls.append(call)
             meta = flow.metadata.setdefault(META_KEY, {})
             meta.update(session=call.session, session_source=call.session_source)
             meta.setdefault("calls", []).append(call.id)
             for listener in self.listeners:
                 listener.on_call(call, flow)
         for note in found.notes:
-            self.notes.append(note)
             for listener in self.listeners:
                 listener.on_note(note, flow)
-        self.first_messages.update(found.first_messages)
         for agent, text in found.first_messages.items():
             for listener in self.listeners:
                 listener.on_first_message(agent, text)
@@ -181,9 +175,3 @@ class SessionTagger:
         info = {"turns": dec.turns, "audio_frames": dec.audio_frames, "audio_bytes": dec.audio_bytes}
         for listener in self.listeners:
             listener.on_close(closing, flow, info)
-
-    def summary(self) -> dict[str, int]:
-        """Counts for the end-of-run line: sessions, calls, server conversations."""
-        servers = {c.server_conversation for c in self.calls}
-        return {"sessions": len({c.session for c in self.calls}), "calls": len(self.calls),
-                "server_conversations": len(servers)}
