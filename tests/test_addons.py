@@ -70,3 +70,24 @@ def test_a_failing_hook_skips_nothing_and_becomes_a_note(tmp_path, monkeypatch):
     notes = [json.loads(x) for x in (tmp_path / "journal.jsonl").read_text().splitlines()]
     assert any(n.get("kind") == "analysis-error" and "decoder exploded" in n["detail"] for n in notes)
     assert (tmp_path / "flows.mitm").stat().st_size > 0
+
+
+def test_findings_mark_and_comment_the_flows_in_mitmweb():
+    from addons.core.model import AGENT, HTTP, Call, Turn
+    from addons.findings import Findings
+
+    findings = Findings()
+    with taddons.context(findings) as tctx:
+        tctx.configure(findings, sessiontap_max_context_tokens=10)
+        flows = [tflow.tflow(resp=True) for _ in range(2)]
+        for i, flow in enumerate(flows):
+            call = Call(id=f"c{i}", flow_id=flow.id, protocol=HTTP, endpoint="simulate", agent_id="ag",
+                        started=float(i), ended=i + 0.5, user_text="hello " * 20 if i else "hi",
+                        context=[Turn("user", "hello " * 20)] if i else [], reply=[Turn(AGENT, "Hi, I'm Durin.")],
+                        declared_session="S", server_conversation=flow.id, opening="Hi, I'm Durin.")
+            findings.on_call(call, flow)
+    assert not flows[0].marked and not flows[0].comment
+    assert flows[1].marked == ":x:"  # repeated-opening is an error
+    assert any(line.startswith("[repeated-opening] the agent answered with its opening line again")
+               for line in flows[1].comment.splitlines())
+    assert findings.analyzer.settings.max_context_tokens == 10  # the option reached the rules

@@ -120,6 +120,43 @@ def test_interleaved_conversations_sharing_an_id_collide_but_sequential_ones_do_
     assert "session-id-collision" not in rules_of(sequential)
 
 
+def test_interleaved_conversations_sharing_an_id_become_two_sessions():
+    an = Analyzer()
+    for c in [mk(1, [U("shirts")], "r-shirts"), mk(2, [U("shoes")], "r-shoes"),
+              mk(3, [U("shirts"), A("r-shirts"), U("vietnam")], "r2"),
+              mk(4, [U("shoes"), A("r-shoes"), U("italy")], "r3"),
+              mk(5, [U("shoes"), A("r-shoes"), U("italy"), A("r3"), U("and wool?")], "r4")]:
+        an.add_call(c)
+    result = an.result()
+    assert {s.id: [c.id for c in s.calls] for s in result.sessions} == {"S": ["c1", "c3"], "S#2": ["c2", "c4", "c5"]}
+    assert [f.rule for f in result.findings] == ["session-id-collision"]  # no reset once the two are apart
+    assert result.findings[0].evidence["split_into"] == ["S", "S#2"]
+    again = an.result()
+    assert [s.id for s in again.sessions] == ["S", "S#2"] and again.findings[0].message == result.findings[0].message
+    # one conversation whose history restarts is not split: it is a reset
+    reset = Analyzer()
+    for c in [mk(1, [U("shirts")], "r1"), mk(2, [U("shirts"), A("r1"), U("b")], "r2"), mk(3, [U("again")], "r3"),
+              mk(4, [U("again"), A("r3"), U("c")], "r4")]:
+        reset.add_call(c)
+    assert [s.id for s in reset.result().sessions] == ["S"]
+    assert "context-reset" in [f.rule for f in reset.result().findings]
+
+
+def test_a_retry_without_any_session_id_stays_in_its_session():
+    from addons.core.sessions import SessionTracker
+
+    seed = [A("Hi, I'm Durin.")]  # context with no user turn: lineage cannot tie the calls together
+    first = mk(1, seed, "", session=None, status=503, request_digest="d1")
+    first.reply = []
+    retry = mk(2, seed, "r1", session=None, status=200, request_digest="d1", t=1.5)
+    other = mk(3, seed, "r2", session=None, status=200, request_digest="d2", t=2.0)
+    tr = SessionTracker()
+    for c in (first, retry, other):
+        tr.assign(c)
+        tr.complete(c)
+    assert retry.session == first.session and other.session != first.session
+
+
 def test_declared_id_changing_mid_conversation_is_churn():
     calls = [mk(1, [U("shirts")], "r1", session="A"), mk(2, [U("shirts"), A("r1"), U("vietnam")], "r2", session="B")]
     from addons.core.sessions import SessionTracker

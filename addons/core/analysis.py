@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from addons.core import rules
 from addons.core.contextdiff import ContextDiff, approx_tokens, diff
 from addons.core.model import Call, Finding, Note, ServerConversation, SessionState
 from addons.core.rules import ERROR, INFO, WARNING, Settings
-from addons.core.sessions import SessionTracker, prefix_hashes
+from addons.core.sessions import CLIENT, SessionTracker, prefix_hashes
 
 FORMAT_VERSION = 1  # findings.json: 1 = first published shape (DESIGN.md)
 SEVERITY_ORDER = {ERROR: 0, WARNING: 1, INFO: 2}
@@ -96,6 +96,8 @@ class Analyzer:
         self.notes: list[Note] = []
         self.first_messages: dict[str, str] = {}
         self.conversation_session: dict[str, str] = {}
+        self.events: list[Call | Closing | tuple[Note, str]] = []  # in arrival order, to split sessions after
+        self.thread_of: dict[str, tuple[str, int]] = {}  # call id -> (session, lineage thread), client-named
 
     def _state(self, call: Call) -> SessionState:
         state = self.sessions.get(call.session)
@@ -140,6 +142,7 @@ class Analyzer:
         found: list[Finding] = []
         s, fm = self.settings, self.first_messages
         found += rules.upstream_error(call, state)
+        thread = self.thread_of.get(prev.id, ("", 1))[1] if prev else 1
         if not rules.is_retry(call, prev) and not found:
             thread = self._thread(state, call, prev)
             found += rules.context_reset(state, call, prev, s)
@@ -154,13 +157,17 @@ class Analyzer:
         found += rules.new_conversation_per_message(state, call, prev, s)
         if state.opening is None:
             state.opening = call.opening
+        if state.source == CLIENT:
+            self.thread_of[call.id] = (state.id, thread)
         self.calls.append(call)
+        self.events.append(call)
         self.findings += found
         return found
 
     def add_note(self, note: Note, session: str = "") -> list[Finding]:
         """Turn a decoder note into an unparsed-payload or upstream-error finding."""
         self.notes.append(note)
+        self.events.append((note, session))
         if note.kind == "upstream-error":
             finding = Finding("upstream-error", WARNING, session, [note.flow_id], f"the upstream failed: {note.detail}",
                               evidence={"error": note.detail},
@@ -175,6 +182,7 @@ class Analyzer:
 
     def close_conversation(self, key: str, flow_id: str, code: int | None, by_client: bool | None) -> list[Finding]:
         """A socket ended: remember how; an abnormal server-side close is an upstream-error."""
+        self.events.append(Closing(key, flow_id, code, by_client, 0.0))
         sid = self.conversation_session.get(key, "")
         state = self.sessions.get(sid)
         conv = state.server_conversations.get(key) if state else None
@@ -190,7 +198,40 @@ class Analyzer:
         return []
 
     def result(self) -> Analysis:
-        """The analysis so far, findings sorted by severity then by the order they were found."""
+        """The analysis so far, findings sorted by severity then by the order they were found.
+
+        A session whose declared id turned out to hold interleaved conversations
+        (``session-id-collision``) is split, one session per conversation, and analysed again.
+        """
+        collisions = [f for f in self.findings if f.rule == "session-id-collision"]
+        if collisions:
+            return self._split(collisions)
+        return self._sorted()
+
+    def _split(self, collisions: list[Finding]) -> Analysis:
+        collided = {f.session for f in collisions}
+        again = Analyzer(self.settings)
+        again.first_messages.update(self.first_messages)
+        split_into: dict[str, set[str]] = {}
+        for ev in self.events:
+            if isinstance(ev, Closing):
+                again.close_conversation(ev.key, ev.flow_id, ev.code, ev.by_client)
+            elif isinstance(ev, tuple):
+                again.add_note(*ev)
+            else:
+                origin, thread = self.thread_of.get(ev.id, (ev.session, 1))
+                if origin in collided:
+                    ev.session = origin if thread == 1 else f"{origin}#{thread}"
+                    split_into.setdefault(origin, set()).add(ev.session)
+                again.add_call(ev)
+        again.findings = [f for f in again.findings if f.rule != "session-id-collision"]
+        for f in collisions:
+            parts = sorted(split_into.get(f.session, ()))
+            again.findings.append(replace(f, evidence={**f.evidence, "split_into": parts},
+                                          message=f"{f.message}; shown as {len(parts)} sessions"))
+        return again._sorted()
+
+    def _sorted(self) -> Analysis:
         order = {id(f): i for i, f in enumerate(self.findings)}
         findings = sorted(self.findings, key=lambda f: (SEVERITY_ORDER.get(f.severity, 3), order[id(f)]))
         return Analysis(list(self.sessions.values()), list(self.calls), dict(self.diffs), findings, list(self.notes))

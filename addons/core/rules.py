@@ -73,9 +73,13 @@ def is_retry(call: Call, prev: Call | None) -> bool:
     """True when a call repeats the previous one byte for byte after a retryable failure."""
     if prev is None or call.request_digest != prev.request_digest or call.protocol == WEBSOCKET:
         return False
-    failed = prev.error is not None or (prev.status is not None and (prev.status in RETRY_STATUSES
-                                                                     or prev.status >= 500))
-    return failed
+    return failed_retryably(prev)
+
+
+def failed_retryably(call: Call) -> bool:
+    """True when a call failed in a way an SDK retries (transport error, 408/409/429, 5xx)."""
+    return call.error is not None or (call.status is not None and (call.status in RETRY_STATUSES
+                                                                   or call.status >= 500))
 
 
 def _finding(rule: str, severity: str, state: SessionState, calls: list[Call], message: str,

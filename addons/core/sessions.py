@@ -13,10 +13,17 @@ The algorithm, applied to each call as it starts (live) or in time order (offlin
    ``lineage``. Two interleaved conversations carry different histories, so they stay two.
    A declared id that changes while the lineage goes on keeps the earlier session (and the
    call is marked ``churned_from``, the rule ``session-id-churn``).
-5. The server's ``conversation_id``: ``conversation_id``.
-6. Failing all, a call that carries no context at all joins the latest session of the same
+5. A byte-identical repeat of an HTTP call that failed in a way SDKs retry (transport error,
+   408/409/429, 5xx) is that call's retry: same session.
+6. The server's ``conversation_id``: ``conversation_id``.
+7. Failing all, a call that carries no context at all joins the latest session of the same
    agent, protocol and client whose last call was at most ``session_gap`` seconds ago
    (``lineage``, inferred); otherwise it starts a new session.
+
+One declared id can still hold several conversations (the fault ``session-id-collision``).
+The analysis numbers the lineage threads of such a session and, when an earlier thread goes on
+after a later one began (the conversations interleave), splits the session after the fact:
+thread 1 keeps the id, thread *n* becomes ``<id>#n`` (``addons/core/analysis.py``).
 
 Lineage look-ups are linear in the context length: a rolling hash of each prefix is looked
 up in a table of (context + reply) hashes of completed calls.
@@ -26,7 +33,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from addons.core.model import USER, Call, Turn
+from addons.core.model import HTTP, USER, Call, Turn
+from addons.core.rules import failed_retryably
 
 CLIENT = "client"
 CONVERSATION_ID = "conversation_id"
@@ -63,6 +71,7 @@ class SessionTracker:
         self.sessions: dict[str, _SessionState] = {}
         self.by_server_conversation: dict[str, str] = {}
         self.lineage: dict[int, str] = {}
+        self.failed: dict[str, str] = {}  # request digest of a retryable failure -> its session
         self._counter = 0
 
     def _new_id(self) -> str:
@@ -110,6 +119,9 @@ class SessionTracker:
         sid = self._lineage_match(call)
         if sid is not None:
             return sid, LINEAGE
+        sid = self.failed.get(call.request_digest) if call.request_digest else None
+        if sid is not None:
+            return sid, self.sessions[sid].source
         if call.conversation_id:
             return call.conversation_id, CONVERSATION_ID
         if not call.context:
@@ -143,6 +155,10 @@ class SessionTracker:
         turns = call.context + call.reply
         if turns:
             self.lineage[prefix_hashes(turns, (call.protocol, call.agent_id))[-1]] = call.session
+        if call.protocol == HTTP and call.request_digest and failed_retryably(call):
+            self.failed[call.request_digest] = call.session
+        else:
+            self.failed.pop(call.request_digest, None)
         state = self.sessions.get(call.session)
         if state is not None and call.ended:
             state.last_seen = max(state.last_seen, call.ended)
