@@ -9,10 +9,12 @@ from mitmproxy import http, io
 from mitmproxy.exceptions import FlowReadException
 
 from addons import adapt
+from addons.audio import AUDIO_KEY
 from addons.core.analysis import Analysis, Closing, analyse
 from addons.core.decode import decode_exchange, decode_websocket
 from addons.core.errors import CaptureError
-from addons.core.model import Call, Note
+from addons.core.model import Call, FlowRecord, Note
+from addons.core.redact import Redactor
 from addons.core.rules import Settings
 
 CAPTURE_FILE = "flows.mitm"
@@ -78,3 +80,31 @@ def analyse_flows(flows: list[http.HTTPFlow], settings: Settings | None = None,
         notes += found.notes
         first.update(found.first_messages)
     return analyse(calls, notes, first, closings, settings)
+
+
+def flow_records(flows: list[http.HTTPFlow], redactor: Redactor | None = None) -> dict[str, FlowRecord]:
+    """Each flow as a redacted record for the report, by flow id (plain mitmdump captures hold secrets)."""
+    red = redactor or Redactor()
+    out: dict[str, FlowRecord] = {}
+    for flow in flows:
+        ex = adapt.exchange(flow)
+        ex.url = red.url(ex.url)
+        ex.query = {}
+        ex.request_headers = red.headers_(ex.request_headers)
+        ex.response_headers = red.headers_(ex.response_headers)
+        ex.request_body = red.body(ex.request_body) or b""
+        ex.response_body = red.body(ex.response_body) if ex.response_body is not None else None
+        ex.error = red.text(ex.error) if ex.error else None
+        rec = FlowRecord(ex)
+        if flow.websocket is not None:
+            for m in flow.websocket.messages:
+                msg = adapt.ws_message(m)
+                if msg.text is not None:
+                    msg.text = red.text(msg.text)
+                rec.messages.append(msg)
+            rec.close_code = flow.websocket.close_code
+        audio = flow.metadata.get(AUDIO_KEY)
+        if isinstance(audio, dict):
+            rec.audio = {k: int(v) for k, v in audio.items() if isinstance(v, int)}
+        out[flow.id] = rec
+    return out

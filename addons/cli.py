@@ -76,7 +76,7 @@ def record(config: Path | None, mode: str | None, upstream: str | None, listen_h
         result = run_record(settings, list(command), announce=lambda s: click.echo(s, err=True))
     except SessiontapError as e:
         raise click.ClickException(str(e)) from e
-    _finish(result)
+    _finish(result, settings)
 
 
 @main.command(context_settings=CONTEXT_SETTINGS,
@@ -128,13 +128,35 @@ def demo(out: str | None, mode: str) -> None:
             result = run_record(settings, command, announce=lambda s: click.echo(s, err=True))
         except SessiontapError as e:
             raise click.ClickException(str(e)) from e
-    _finish(result)
+    _finish(result, settings)
 
 
-def _finish(result: RecordResult) -> None:
-    """Print the end-of-run summary and exit with the run's code."""
+def _write_report(analysis: Analysis, capture: Path, out: Path, config_settings: dict[str, Any],
+                  only_session: str | None = None) -> Path:
+    """Write report.html for an analysis, its wire details read from the capture; print where it is."""
+    from addons.capture import flow_records, read_capture
+    from addons.findings import version
+    from reports.html import write_report
+    from reports.view import Meta
+
+    records = flow_records(read_capture(capture).flows)
+    meta = Meta(str(capture), version(), max_context_tokens=config_settings.get("sessiontap_max_context_tokens", 8000))
+    path = write_report(analysis, records, meta, out, only_session)
+    click.echo(f"sessiontap: report written to {path}", err=True)
+    click.echo(f"sessiontap: open {path.resolve().as_uri()}", err=True)
+    return path
+
+
+def _finish(result: RecordResult, settings: dict[str, Any]) -> None:
+    """Write the report, print the end-of-run summary and exit with the run's code."""
     click.echo(f"sessiontap: {result.verdict}", err=True)
     click.echo(f"sessiontap: written to {result.out}", err=True)
+    if result.analysis is not None and result.out:
+        try:
+            _write_report(result.analysis, Path(result.out), Path(result.out), settings)
+        except (SessiontapError, OSError) as e:
+            click.echo(f"sessiontap: error: could not write the report: {e}", err=True)
+            result.exit_code = result.exit_code or 1
     if result.journal_error:
         click.echo(f"sessiontap: error: {result.journal_error}", err=True)
         raise SystemExit(result.exit_code or 1)
@@ -190,21 +212,28 @@ def check(capture: Path, config: Path | None) -> None:
 @CAPTURE_ARG
 @CONFIG_OPT
 @click.option("--out", metavar="DIR", help="Output directory [default: the capture's directory].")
-def report(capture: Path, config: Path | None, out: str | None) -> None:
-    """Re-analyse a capture and write findings.json for it.
+@click.option("--session", "only_session", metavar="ID",
+              help="Show only this session in report.html, in full (for captures too big to show whole).")
+def report(capture: Path, config: Path | None, out: str | None, only_session: str | None) -> None:
+    """Re-analyse a capture and write findings.json and report.html for it.
 
     CAPTURE is a flow file (flows.mitm, or any mitmdump capture) or a record output directory.
     """
     from addons.findings import write_findings
 
+    target = Path(out) if out else (capture if capture.is_dir() else capture.parent)
     try:
         analysis = _analyse(capture, config)
-        target = Path(out) if out else (capture if capture.is_dir() else capture.parent)
+        if only_session is not None and only_session not in {s.id for s in analysis.sessions}:
+            known = ", ".join(s.id for s in analysis.sessions[:10]) or "none"
+            raise click.BadParameter(f"no session {only_session!r} in {capture} (sessions: {known})",
+                                     param_hint="--session")
         target.mkdir(parents=True, exist_ok=True)
         path = write_findings(analysis, target)
+        click.echo(f"sessiontap: {analysis.verdict()}", err=True)
+        click.echo(f"sessiontap: findings written to {path}", err=True)
+        _write_report(analysis, capture, target, load_config(config), only_session)
     except SessiontapError as e:
         raise click.ClickException(str(e)) from e
     except OSError as e:
-        raise click.ClickException(f"cannot write to {out}: {e.strerror or e}") from e
-    click.echo(f"sessiontap: {analysis.verdict()}", err=True)
-    click.echo(f"sessiontap: findings written to {path}", err=True)
+        raise click.ClickException(f"cannot write to {target}: {e.strerror or e}") from e

@@ -19,6 +19,7 @@ from mitmproxy import exceptions, options
 from mitmproxy.addons import default_addons
 from mitmproxy.master import Master
 
+from addons.core.analysis import Analysis
 from addons.core.errors import SessiontapError
 from addons.core.redact import Redactor
 from addons.findings import Findings
@@ -47,6 +48,7 @@ class RecordResult:
     out: str = ""
     journal_error: str | None = None
     verdict: str = ""
+    analysis: Analysis | None = None
 
 
 def check_upstream(url: str, timeout: float = 3.0) -> None:
@@ -226,7 +228,7 @@ async def record(settings: dict[str, Any], command: list[str],
     findings = next(a for a in ours if isinstance(a, Findings))
     journal_error = getattr(master.addons.get("journal"), "failed", None)
     verdict = findings.analysis.verdict() if findings.analysis else ""
-    return RecordResult(code, out, journal_error, verdict)
+    return RecordResult(code, out, journal_error, verdict, findings.analysis)
 
 
 def run_record(settings: dict[str, Any], command: list[str],

@@ -84,3 +84,19 @@ def sample(name: str) -> list[str]:
 def client_script(name: str, *args: str) -> list[str]:
     """The command that runs one of tests/clients/*.py."""
     return [sys.executable, str(CLIENTS / f"{name}.py"), *args]
+
+
+DEMO_KEY = "sk_test_analysis_key_000"
+
+
+@pytest.fixture(scope="session")
+def demo_capture(tmp_path_factory: pytest.TempPathFactory,
+                 sessiontap_home: Path) -> tuple[Path, subprocess.CompletedProcess]:
+    """One recording of all four replicas against the simulator, shared by the whole run (report included)."""
+    out = tmp_path_factory.mktemp("demo")
+    with running_simulator() as sim:
+        proc = subprocess.run([SESSIONTAP, "record", "--mode", "reverse", "--upstream", sim.url, "--out", str(out),
+                               "--", *sample("all")], capture_output=True, text=True, timeout=120,
+                              env=clean_env(sessiontap_home, ELEVENLABS_API_KEY=DEMO_KEY))
+    assert proc.returncode == 0, proc.stderr
+    return out, proc

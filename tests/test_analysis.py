@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -15,23 +14,6 @@ from addons.core.model import AGENT, HTTP, USER, WEBSOCKET, Call, Turn
 from tests.conftest import sample
 
 KEY = "sk_test_analysis_key_000"
-
-
-@pytest.fixture(scope="module")
-def demo_capture(tmp_path_factory, sessiontap_home):
-    """One recording of all four replicas against the simulator (shared by this module's tests)."""
-    import subprocess
-
-    from addons.simulator.server import running_simulator
-    from tests.conftest import SESSIONTAP, clean_env
-
-    out = tmp_path_factory.mktemp("demo")
-    with running_simulator() as sim:
-        proc = subprocess.run([SESSIONTAP, "record", "--mode", "reverse", "--upstream", sim.url, "--out", str(out),
-                               "--", *sample("all")], capture_output=True, text=True, timeout=120,
-                              env=clean_env(sessiontap_home, ELEVENLABS_API_KEY=KEY))
-    assert proc.returncode == 0, proc.stderr
-    return out, proc
 
 
 def by_session(findings_json: dict) -> dict[str, set[str]]:

@@ -57,6 +57,16 @@ class WsMessage:
 
 
 @dataclass(slots=True)
+class FlowRecord:
+    """One recorded flow as a report shows it: its HTTP exchange and, for a WebSocket, its messages."""
+
+    exchange: Exchange
+    messages: list[WsMessage] = field(default_factory=list)
+    close_code: int | None = None
+    audio: dict[str, int] = field(default_factory=dict)  # audio frames left out of the capture: frames, bytes
+
+
+@dataclass(slots=True)
 class Call:
     """One exchange with the agent: an HTTP simulate call or one WebSocket user turn."""
 

@@ -17,6 +17,20 @@ from addons.core.decode import FORMAT_FLAT, FORMAT_SUMMARY, HISTORY_FIELD
 from addons.core.model import AGENT, USER, WEBSOCKET, Call, Finding, SessionState, Turn
 
 ERROR, WARNING, INFO = "error", "warning", "info"
+RULES = {  # rule id -> what it means (DESIGN.md); the ids are stable
+    "context-reset": "within a session the context shrank or went back to empty",
+    "repeated-opening": "the agent answered with the session's opening message again",
+    "new-conversation-per-message": "each user message opened a new server conversation "
+                                    "(new WebSocket or new conversation_id)",
+    "session-id-collision": "one client-declared session id used for different conversations",
+    "session-id-churn": "the client-declared id changed while the conversation went on",
+    "context-missing-turn": "the newest user message or the previous agent reply is absent from the context sent",
+    "context-ignored": "the request carried earlier turns but the reply shows none of them (opening line again)",
+    "context-format": "context flattened or ambiguous (turn boundaries or roles lost)",
+    "context-oversize": "context beyond the configured limit",
+    "upstream-error": "the upstream failed (connection refused, 5xx, abnormal WebSocket close)",
+    "unparsed-payload": "a payload on a conversational endpoint could not be decoded",
+}
 RETRY_STATUSES = frozenset({408, 409, 429})
 REMOVED_ENDPOINT_HINT = (
     "ElevenLabs scheduled simulate-conversation for removal on 2026-10-31; move to "
@@ -83,9 +97,11 @@ def failed_retryably(call: Call) -> bool:
 
 
 def _finding(rule: str, severity: str, state: SessionState, calls: list[Call], message: str,
-             fix: str, **evidence: object) -> Finding:
+             fix: str, at: Call | None = None, **evidence: object) -> Finding:
+    """A finding over ``calls`` (their flows are its evidence); it happens at ``at`` when given, else at all."""
     flow_ids = list(dict.fromkeys(c.flow_id for c in calls))
-    return Finding(rule, severity, state.id, flow_ids, message, dict(evidence), fix, [c.id for c in calls])
+    return Finding(rule, severity, state.id, flow_ids, message, dict(evidence), fix,
+                   [at.id] if at is not None else [c.id for c in calls])
 
 
 def _aggregate(state: SessionState, key: str, call: Call, make: Finding) -> list[Finding]:
@@ -94,6 +110,7 @@ def _aggregate(state: SessionState, key: str, call: Call, make: Finding) -> list
         found = make
         state.aggregates[key] = found
         return [found]
+    found.message, found.evidence = make.message, make.evidence  # the counts as of this call
     if call.id not in found.call_ids:
         found.call_ids.append(call.id)
         if call.flow_id not in found.flow_ids:
@@ -127,7 +144,7 @@ def context_reset(state: SessionState, call: Call, prev: Call | None, settings: 
            "keep one WebSocket open for the whole conversation; a new socket is a new conversation")
     return [_finding(
         "context-reset", severity, state, [prev, call],
-        f"context {how} at call {len(state.calls)} of the session ({call.context_field})", fix,
+        f"context {how} at call #{len(state.calls) + 1} of the session ({call.context_field})", fix, at=call,
         previous_context=_text(expected), context=_text(call.context), field=call.context_field,
         dropped=len(d.dropped), kept=d.prefix,
     )]
@@ -267,7 +284,7 @@ def session_id_churn(state: SessionState, call: Call, prev: Call | None, setting
         f"the declared session id changed from {call.churned_from!r} to {call.declared_session!r} "
         "while the conversation went on",
         "create the session id once per conversation and reuse it on every call",
-        before=call.churned_from, after=call.declared_session))
+        at=call, before=call.churned_from, after=call.declared_session))
 
 
 def upstream_error(call: Call, state: SessionState) -> list[Finding]:

@@ -1,0 +1,93 @@
+"""report.html: renders the view records with Jinja2 into one self-contained, CSP-locked, ASCII file."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+
+import jinja2
+from markupsafe import Markup
+
+from addons.core.analysis import Analysis
+from addons.core.model import FlowRecord
+from reports.view import Meta, ReportView, build_report, detail_session
+
+REPORT_FILE = "report.html"
+BUDGET = 4_000_000  # bytes of session detail in one report (10k calls must stay under 5 MB)
+SESSION_BUDGET = 1_500_000  # bytes one session may take, so one huge session cannot hide the others
+
+
+def _static(name: str) -> str:
+    text = resources.files("reports").joinpath("static", name).read_text(encoding="utf-8")
+    text.encode("ascii")  # the inline CSS and JS are hashed for the CSP, and must survive the ASCII write as is
+    return text
+
+
+def _hash(text: str) -> str:
+    return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode("ascii")).digest()).decode() + "'"
+
+
+def environment() -> jinja2.Environment:
+    """The one Jinja2 environment: autoescape on, undefined names are errors, no filters beyond the built-ins."""
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("reports", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+
+
+def csp(css: str, js: str) -> str:
+    """The page's Content-Security-Policy: nothing from anywhere; only its own inline style and script run."""
+    return (f"default-src 'none'; style-src {_hash(css)}; script-src {_hash(js)}; img-src data:; "
+            "base-uri 'none'; form-action 'none'")
+
+
+def render(analysis: Analysis, records: Mapping[str, FlowRecord], meta: Meta, only_session: str | None = None,
+           budget: int = BUDGET) -> tuple[str, ReportView]:
+    """The report page as text, and the view it shows (sessions beyond the size budget stay summaries)."""
+    env = environment()
+    view, index = build_report(analysis, meta)
+    if only_session is not None:
+        view.sessions = [s for s in view.sessions if s.id == only_session]
+    states = {s.id: s for s in analysis.sessions}
+    call_t, session_t = env.get_template("call.html"), env.get_template("session.html")
+    sections: list[Markup] = []
+    spent = 0
+    for sv in view.sessions:
+        detailed = spent < budget
+        calls_html: list[Markup] = []
+        if detailed:
+            detail_session(sv, states[sv.id], analysis, index, records, meta.max_context_tokens)
+            own = 0
+            for i, row in enumerate(sv.calls):
+                if spent + own > budget or own > SESSION_BUDGET:
+                    sv.omitted_calls = len(sv.calls) - i
+                    break
+                html = call_t.render(c=row)
+                own += len(html)
+                calls_html.append(Markup(html))
+            spent += own
+        section = session_t.render(s=sv, detailed=detailed, calls_html=calls_html)
+        spent += len(section) if not detailed else 0
+        sections.append(Markup(section))
+        sv.calls = []  # rendered; let the rows go
+    css, js = _static("report.css"), _static("report.js")
+    page = env.get_template("report.html").render(view=view, sessions_html=sections, css=Markup(css),
+                                                  js=Markup(js), csp=csp(css, js))
+    return page, view
+
+
+def write_report(analysis: Analysis, records: Mapping[str, FlowRecord], meta: Meta, out: Path,
+                 only_session: str | None = None) -> Path:
+    """Write report.html into ``out`` (pure ASCII, atomically) and return its path."""
+    page, _ = render(analysis, records, meta, only_session)
+    path = out / REPORT_FILE
+    tmp = path.with_suffix(".html.tmp")
+    tmp.write_bytes(page.encode("ascii", "xmlcharrefreplace"))
+    tmp.replace(path)
+    return path
