@@ -137,7 +137,7 @@ def growth_chart(points: Sequence[GrowthPoint], limit: int, title: str) -> Marku
     elif limit > 0:
         parts.append(_text(left + 6, top + 12, f"limit {limit:,} tokens: far above this session", "limit-label"))
     if points:
-        step = max(1, len(points) // MAX_POINTS)
+        step = max(1, -(-len(points) // MAX_POINTS))
         shown = [(i, points[i]) for i in range(0, len(points), step)]
         if shown[-1][0] != len(points) - 1:
             shown.append((len(points) - 1, points[-1]))

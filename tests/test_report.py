@@ -197,3 +197,16 @@ def test_hostile_conversation_text_is_shown_and_never_runs(browser, simulator, s
     assert "<svg onload=x>" in text  # the declared session id, as text
     assert re.search(r"\u202eRTL", text) and "\U0001F600" in text
     assert_quiet(opened, report)
+
+
+def test_report_command_writes_both_files_and_checks_the_session(demo_capture, sessiontap, tmp_path):
+    out, _ = demo_capture
+    run = sessiontap("report", str(out / "flows.mitm"), "--out", str(tmp_path / "r"))
+    assert run.code == 0, run.stderr
+    assert (tmp_path / "r" / "findings.json").exists() and (tmp_path / "r" / "report.html").exists()
+    assert (tmp_path / "r" / "report.html").resolve().as_uri() in run.stderr
+    one = sessiontap("report", str(out), "--out", str(tmp_path / "one"), "--session", "elevenlabs-session-0")
+    assert one.code == 0, one.stderr
+    assert (tmp_path / "one" / "report.html").read_text().count('<section class="session') == 1
+    bad = sessiontap("report", str(out), "--out", str(tmp_path / "bad"), "--session", "no-such-session")
+    assert bad.code == 2 and "no session 'no-such-session'" in bad.stderr and "elevenlabs-session-0" in bad.stderr

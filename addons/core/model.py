@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from typing import Any
 
 USER = "user"
@@ -11,6 +12,12 @@ CONTEXT = "context"  # a contextual update: context the agent holds, but not a s
 
 HTTP = "http"
 WEBSOCKET = "websocket"
+
+
+@lru_cache(maxsize=65536)
+def fold_space(text: str) -> str:
+    """Text with every run of whitespace folded to one space (cached: each context repeats its turns)."""
+    return " ".join(text.split())
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,7 +30,7 @@ class Turn:
 
     def key(self) -> tuple[str, str]:
         """The identity used to compare turns: role and whitespace-folded text."""
-        return (self.role, " ".join(self.text.split()))
+        return (self.role, fold_space(self.text))
 
 
 @dataclass(slots=True)
