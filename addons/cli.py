@@ -237,3 +237,31 @@ def report(capture: Path, config: Path | None, out: str | None, only_session: st
         raise click.ClickException(str(e)) from e
     except OSError as e:
         raise click.ClickException(f"cannot write to {target}: {e.strerror or e}") from e
+
+
+@main.command(context_settings=CONTEXT_SETTINGS,
+              epilog="\b\nExample:\n  sessiontap export sessiontap-out/demo --har demo.har")
+@CAPTURE_ARG
+@click.option("--har", "har_path", required=True, metavar="FILE",
+              type=click.Path(dir_okay=False, writable=True, path_type=Path),
+              help="Where to write the HAR (a .zhar name writes it compressed).")
+def export(capture: Path, har_path: Path) -> None:
+    """Export a capture as HAR 1.2, WebSocket messages included, secrets redacted.
+
+    CAPTURE is a flow file (flows.mitm, or any mitmdump capture) or a record output directory.
+    The WebSocket messages are in the `_webSocketMessages` form that Chrome DevTools and HTTP
+    Toolkit read.
+    """
+    from addons.capture import read_capture
+    from addons.har import export_har
+
+    try:
+        cap = read_capture(capture)
+        if cap.warning:
+            click.echo(f"sessiontap: warning: {cap.warning}", err=True)
+        har = export_har(cap.flows, har_path)
+    except SessiontapError as e:
+        raise click.ClickException(str(e)) from e
+    entries = har["log"]["entries"]
+    sockets = sum(1 for e in entries if e.get("_resourceType") == "websocket")
+    click.echo(f"sessiontap: {len(entries)} entries ({sockets} WebSocket) written to {har_path}", err=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import zlib
 from collections.abc import Sequence
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ from mitmproxy.version import VERSION as MITMPROXY_VERSION
 from addons.adapt import redacted_copy
 from addons.core.errors import CaptureError
 from addons.core.redact import Redactor
+from addons.findings import version
 
 # mitmproxy's SaveHar.make_har already writes HAR 1.2 with each WebSocket flow as an entry
 # carrying _resourceType "websocket" and _webSocketMessages (type send/receive, time in epoch
@@ -24,13 +24,6 @@ from addons.core.redact import Redactor
 # plain mitmdump capture holds API keys and signatures), then every string of the HAR is
 # scrubbed again with all the secrets the copies revealed, so a secret first seen in a later
 # flow is masked where an earlier flow echoed it too. Binary frames are not searched.
-
-
-def _version() -> str:
-    try:
-        return metadata.version("sessiontap")
-    except metadata.PackageNotFoundError:
-        return "unknown"
 
 
 def scrub(value: Any, redactor: Redactor) -> Any:
@@ -51,7 +44,7 @@ def make_har(flows: Sequence[http.HTTPFlow], redactor: Redactor | None = None) -
     har: dict[str, Any] = SaveHar().make_har(copies)
     har["log"]["creator"] = {
         "name": "sessiontap",
-        "version": _version(),
+        "version": version(),
         "comment": f"entries built by mitmproxy {MITMPROXY_VERSION}",
     }
     scrubbed: dict[str, Any] = scrub(har, redactor)

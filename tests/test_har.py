@@ -189,3 +189,17 @@ def test_a_secret_first_seen_in_a_later_flow_is_masked_in_an_earlier_one():
     text = json.dumps(make_har([echo, keyed]))
     assert "plain-key-value-42" not in text
     assert f"your key is {MASK} (echoed)" in text
+
+
+def test_export_command_writes_the_demo_capture_as_har(demo_capture, sessiontap, tmp_path):
+    out, _ = demo_capture
+    target = tmp_path / "demo.har"
+    run = sessiontap("export", str(out), "--har", str(target))
+    assert run.code == 0, run.stderr
+    har = json.loads(target.read_text())
+    sockets = [e for e in har["log"]["entries"] if e.get("_resourceType") == "websocket"]
+    assert len(sockets) >= 6 and all(e["_webSocketMessages"] for e in sockets)
+    assert f"({len(sockets)} WebSocket) written to {target}" in run.stderr
+    assert "sk_test_analysis_key_000" not in target.read_text()
+    missing = sessiontap("export", str(tmp_path / "nope.mitm"), "--har", str(target))
+    assert missing.code == 2
