@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,3 +102,35 @@ def demo_capture(tmp_path_factory: pytest.TempPathFactory,
                               env=clean_env(sessiontap_home, ELEVENLABS_API_KEY=DEMO_KEY))
     assert proc.returncode == 0, proc.stderr
     return out, proc
+
+
+MITMDUMP = str(Path(sys.executable).parent / "mitmdump")
+PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "ws_proxy", "wss_proxy", "socks_proxy")
+
+
+def free_port() -> int:
+    """A port free on 127.0.0.1 right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, tries: int = 150) -> None:
+    """Wait (at most tries × 0.1 s) until something listens on 127.0.0.1:port."""
+    for _ in range(tries):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+
+
+@pytest.fixture
+def direct_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep loopback traffic off any proxy configured on the machine, and the ElevenLabs variables unset."""
+    for name in PROXY_VARS:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    for name in ("ELEVENLABS_BASE_URL", "ELEVENLABS_API_KEY", "ELEVENLABS_AGENT_ID"):
+        monkeypatch.delenv(name, raising=False)

@@ -3,26 +3,14 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
-import sys
-import time
-from pathlib import Path
 
 from mitmproxy.test import taddons, tflow
 
 from addons import tagger as tagger_module
 from addons.journal import Journal
 from addons.tagger import SessionTagger
-from tests.conftest import ROOT, clean_env, sample
-
-MITMDUMP = str(Path(sys.executable).parent / "mitmdump")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.conftest import MITMDUMP, ROOT, clean_env, free_port, sample, wait_for_port
 
 
 def test_mitmdump_loads_the_chain_with_set_options(simulator, tmp_path, sessiontap_home):
@@ -33,12 +21,7 @@ def test_mitmdump_loads_the_chain_with_set_options(simulator, tmp_path, sessiont
                              "--set", f"sessiontap_out={out}", "--set", "sessiontap_session_header=x-session-id"],
                             env=clean_env(sessiontap_home), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.1)
+        wait_for_port(port)
         run = subprocess.run(sample("fixed-http") + ["--turns", "2"], capture_output=True, text=True, timeout=60,
                              env=clean_env(sessiontap_home, ELEVENLABS_BASE_URL=f"http://127.0.0.1:{port}"))
         assert run.returncode == 0, run.stderr

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +15,8 @@ from mitmproxy.test import tflow
 from addons.capture import read_capture
 from addons.core.redact import MASK
 from addons.har import export_har, make_har
-from tests.conftest import clean_env
+from tests.conftest import MITMDUMP, clean_env, free_port, wait_for_port
 
-MITMDUMP = str(Path(sys.executable).parent / "mitmdump")
 KEY = "sk_test_HARKEY0123456789abcdef"
 BINARY = b"\x00\x01binary-frame\xff"
 
@@ -123,12 +120,6 @@ def test_a_recorded_http_and_websocket_conversation_exports_as_har(tmp_path, sim
     assert KEY not in (tmp_path / "out.har").read_text()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def plain_mitmdump_capture(tmp_path: Path, upstream: str, home: Path) -> list[Any]:
     """Run the client through plain mitmdump -w (no sessiontap, nothing redacted); the flows."""
     port, capture = free_port(), tmp_path / "plain.mitm"
@@ -137,12 +128,7 @@ def plain_mitmdump_capture(tmp_path: Path, upstream: str, home: Path) -> list[An
                              "--set", f"confdir={home}", "-w", str(capture)],
                             env=clean_env(home), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        for _ in range(150):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.1)
+        wait_for_port(port)
         run = subprocess.run(client_command(tmp_path, "--secrets"), capture_output=True, text=True, timeout=60,
                              env=clean_env(home, ELEVENLABS_BASE_URL=f"http://127.0.0.1:{port}",
                                            ELEVENLABS_API_KEY=KEY))

@@ -35,16 +35,9 @@ from addons.simulator.server import Simulator
 KEY = "sk_test_MATCHKEY0123456789"
 AGENT = "agent_customs_demo"
 SIMULATE = f"/v1/convai/agents/{AGENT}/simulate-conversation"
-PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "ws_proxy", "wss_proxy")
 
 
-@pytest.fixture(autouse=True)
-def _direct(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Loopback traffic straight to the simulator, whatever proxy the machine has."""
-    for name in PROXY_VARS:
-        monkeypatch.delenv(name, raising=False)
-        monkeypatch.delenv(name.upper(), raising=False)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+pytestmark = pytest.mark.usefixtures("direct_env")
 
 
 def play_fixed_client(sim: Simulator, turns: int) -> list[Exchange]:

@@ -31,18 +31,9 @@ from addons.simulator.server import Faults, Simulator, running_simulator
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = [line.text for line in CUSTOMS_SCRIPT]
 PRODUCT, ORIGIN, VALUE = "cotton t-shirts", "Vietnam", "12,000"
-PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "ws_proxy", "wss_proxy", "socks_proxy")
 
 
-@pytest.fixture(autouse=True)
-def _direct(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Keep loopback traffic off any proxy configured on the machine, and the env clean."""
-    for name in PROXY_VARS:
-        monkeypatch.delenv(name, raising=False)
-        monkeypatch.delenv(name.upper(), raising=False)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    for name in ("ELEVENLABS_BASE_URL", "ELEVENLABS_API_KEY", "ELEVENLABS_AGENT_ID"):
-        monkeypatch.delenv(name, raising=False)
+pytestmark = pytest.mark.usefixtures("direct_env")
 
 
 @pytest.fixture
