@@ -12,6 +12,7 @@ from addons.config import load_config, validate
 from addons.core.errors import SessiontapError
 
 if TYPE_CHECKING:
+    from addons.capture import Capture
     from addons.core.analysis import Analysis
     from addons.runner import RecordResult
 
@@ -132,14 +133,14 @@ def demo(out: str | None, mode: str) -> None:
 
 
 def _write_report(analysis: Analysis, capture: Path, out: Path, config_settings: dict[str, Any],
-                  only_session: str | None = None) -> Path:
-    """Write report.html for an analysis, its wire details read from the capture; print where it is."""
+                  only_session: str | None = None, cap: Capture | None = None) -> Path:
+    """Write report.html for an analysis, its wire details from the capture (read unless given); print where."""
     from addons.capture import flow_records, read_capture
     from addons.findings import version
     from reports.html import write_report
     from reports.view import Meta
 
-    records = flow_records(read_capture(capture).flows)
+    records = flow_records((cap or read_capture(capture)).flows)
     meta = Meta(str(capture), version(), max_context_tokens=config_settings.get("sessiontap_max_context_tokens", 8000))
     path = write_report(analysis, records, meta, out, only_session)
     click.echo(f"sessiontap: report written to {path}", err=True)
@@ -163,7 +164,7 @@ def _finish(result: RecordResult, settings: dict[str, Any]) -> None:
     raise SystemExit(result.exit_code)
 
 
-def _analyse(capture: Path, config: Path | None) -> Analysis:
+def _analyse(capture: Path, config: Path | None) -> tuple[Analysis, Capture]:
     """Read and analyse a capture with mitm.yaml's thresholds; warnings go to stderr."""
     from addons.capture import analyse_flows, read_capture
     from addons.core.rules import Settings
@@ -176,7 +177,7 @@ def _analyse(capture: Path, config: Path | None) -> Analysis:
                           settings.get("sessiontap_opening_similarity", 0.85),
                           settings.get("sessiontap_session_gap", 600.0))
     return analyse_flows(cap.flows, thresholds, settings.get("sessiontap_session_header", "x-session-id"),
-                         settings.get("sessiontap_session_field", ""))
+                         settings.get("sessiontap_session_field", "")), cap
 
 
 CAPTURE_ARG = click.argument("capture", type=click.Path(exists=True, path_type=Path))
@@ -196,7 +197,7 @@ def check(capture: Path, config: Path | None) -> None:
     CAPTURE is a flow file (flows.mitm, or any mitmdump capture) or a record output directory.
     """
     try:
-        analysis = _analyse(capture, config)
+        analysis, _ = _analyse(capture, config)
     except SessiontapError as e:
         click.echo(f"Error: {e}", err=True)
         raise SystemExit(2) from e
@@ -223,7 +224,7 @@ def report(capture: Path, config: Path | None, out: str | None, only_session: st
 
     target = Path(out) if out else (capture if capture.is_dir() else capture.parent)
     try:
-        analysis = _analyse(capture, config)
+        analysis, cap = _analyse(capture, config)
         if only_session is not None and only_session not in {s.id for s in analysis.sessions}:
             known = ", ".join(s.id for s in analysis.sessions[:10]) or "none"
             raise click.BadParameter(f"no session {only_session!r} in {capture} (sessions: {known})",
@@ -232,7 +233,7 @@ def report(capture: Path, config: Path | None, out: str | None, only_session: st
         path = write_findings(analysis, target)
         click.echo(f"sessiontap: {analysis.verdict()}", err=True)
         click.echo(f"sessiontap: findings written to {path}", err=True)
-        _write_report(analysis, capture, target, load_config(config), only_session)
+        _write_report(analysis, capture, target, load_config(config), only_session, cap)
     except SessiontapError as e:
         raise click.ClickException(str(e)) from e
     except OSError as e:
@@ -265,3 +266,63 @@ def export(capture: Path, har_path: Path) -> None:
     entries = har["log"]["entries"]
     sockets = sum(1 for e in entries if e.get("_resourceType") == "websocket")
     click.echo(f"sessiontap: {len(entries)} entries ({sockets} WebSocket) written to {har_path}", err=True)
+
+
+REPLAY_IGNORE = ("user_id",)  # clients make a fresh user id each run; it names the session, not the content
+
+
+@main.command(context_settings={**CONTEXT_SETTINGS, "ignore_unknown_options": True},
+              epilog="\b\nExample:\n  sessiontap replay sessiontap-out/demo --out replayed -- python my_client.py")
+@CAPTURE_ARG
+@CONFIG_OPT
+@click.option("--mode", type=click.Choice(["regular", "reverse"]),
+              help="How the client reaches the proxy, as for record [default: regular].")
+@click.option("--out", metavar="DIR", help="Output directory for the replay's capture and report "
+                                           "[default: sessiontap-out/replay-<time>].")
+@click.option("--ignore", multiple=True, metavar="PATH",
+              help="A JSON path that may differ when matching (repeatable; e.g. "
+                   "simulation_specification.extra_body.*). time_in_call_secs, event ids, timestamps "
+                   "and user_id are always ignored.")
+@click.option("--match-on", metavar="NAMES", help="Matchers to use, comma-separated "
+                                                  "[default: method,endpoint,query,user_message,context,body].")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+def replay(capture: Path, config: Path | None, mode: str | None, out: str | None, ignore: tuple[str, ...],
+           match_on: str | None, command: tuple[str, ...]) -> None:
+    """Run a client against a capture instead of ElevenLabs: offline, recorded and analysed.
+
+    Each HTTP call is answered from the capture (JSON-aware matching) and each WebSocket
+    conversation is replayed turn by turn; nothing leaves this machine. A request the
+    capture does not hold gets HTTP 501 (a WebSocket message: close code 4000) and a
+    replay-miss finding naming the nearest recorded call. The replay is recorded like a
+    live run, so a fixed client replayed against a faulty client's capture shows in the report.
+    """
+    from addons.core.match import DEFAULT_MATCH_ON, parse_ignore, parse_match_on
+    from addons.replay import running_replay
+    from addons.runner import run_record
+
+    if not command:
+        raise click.UsageError("give the client command after --, e.g. -- python my_client.py")
+    try:
+        paths = parse_ignore((*REPLAY_IGNORE, *ignore))
+        matchers = parse_match_on(match_on) if match_on else DEFAULT_MATCH_ON
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from e
+    try:
+        with running_replay(capture, match_on=matchers, ignore=paths) as server:
+            click.echo(f"sessiontap: replaying {capture} from {server.url} (offline)", err=True)
+            settings = settings_from(config, {"sessiontap_mode": mode, "sessiontap_upstream": server.url,
+                                              "sessiontap_out": out})
+            settings.setdefault("sessiontap_out", str(Path("sessiontap-out") / time.strftime("replay-%Y%m%d-%H%M%S")))
+            result = run_record(settings, list(command), announce=lambda s: click.echo(s, err=True))
+            misses = list(server.misses)
+    except SessiontapError as e:
+        raise click.ClickException(str(e)) from e
+    if misses and result.analysis is not None:
+        from addons.findings import write_findings
+
+        result.analysis.add_findings([m.finding() for m in misses])
+        result.verdict = result.analysis.verdict()
+        write_findings(result.analysis, Path(result.out))
+        for m in misses:
+            click.echo(f"sessiontap: replay-miss: {m.message}", err=True)
+    _finish(result, settings)

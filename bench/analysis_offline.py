@@ -26,59 +26,24 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
 import time
-import tracemalloc
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from make_capture import META_FILE, make_capture
-
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results"
-CAPTURES = RESULTS / "captures"
-MEASURE_TIMEOUT = 1800.0
-CAPTURE_SPECS: dict[str, dict[str, Any]] = {
-    "1k": {"calls": 1000},
-    "10k": {"calls": 10_000},
-    "long500": {"calls": 500, "long_session": True},
-}
-MB = 1024 * 1024
-
+from measure import CAPTURE_SPECS, CAPTURES, MB, MEASURE_TIMEOUT, RESULTS, ROOT, max_rss_mb, timed, traced_peak
 
 # measuring one capture (in its own process) ------------------------------------------------------------------
 
 
-def max_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def timed(fn: Callable[[], Any], repeat: int) -> tuple[list[float], Any]:
-    """Seconds of `repeat` runs of `fn`, and the last run's result."""
-    seconds: list[float] = []
-    result = None
-    for _ in range(repeat):
-        result = None  # let the previous result go before the next run
-        start = time.perf_counter()
-        result = fn()
-        seconds.append(time.perf_counter() - start)
-    return seconds, result
 
 
-def traced_peak(fn: Callable[[], Any]) -> tuple[float, Any]:
-    """MB of the tracemalloc peak while `fn` runs (allocations made before it are not counted)."""
-    tracemalloc.start()
-    try:
-        result = fn()
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    return peak / MB, result
 
 
 def kind_of(session: str, kinds: dict[str, str]) -> str:

@@ -35,6 +35,10 @@ class Analysis:
     findings: list[Finding]
     notes: list[Note] = field(default_factory=list)
 
+    def add_findings(self, found: Iterable[Finding]) -> None:
+        """Add findings made outside the rules (e.g. replay misses), keeping the severity order."""
+        self.findings = sorted([*self.findings, *found], key=lambda f: SEVERITY_ORDER.get(f.severity, 3))
+
     @property
     def has_errors(self) -> bool:
         """True when any finding has severity error (``check`` exits 1)."""
@@ -62,8 +66,9 @@ class Analysis:
     def verdict(self) -> str:
         """One line: sessions, calls, resets and the main causes."""
         resets = sum(len(s.resets) for s in self.sessions)
-        head = (f"{len(self.sessions)} sessions · {len(self.calls)} calls · "
-                f"{sum(len(s.server_conversations) for s in self.sessions)} server conversations · {resets} resets")
+        convs = sum(len(s.server_conversations) for s in self.sessions)
+        head = " · ".join(count(n, word) for n, word in ((len(self.sessions), "session"), (len(self.calls), "call"),
+                                                         (convs, "server conversation"), (resets, "reset")))
         counts = Counter(f.rule for f in self.findings if f.severity == ERROR)
         causes = []
         if counts["repeated-opening"]:
@@ -78,9 +83,16 @@ class Analysis:
             causes.append("one session id shared by several conversations")
         if counts["upstream-error"]:
             causes.append("upstream failures")
+        if counts["replay-miss"]:
+            causes.append(f"{counts['replay-miss']} requests the replayed capture does not hold")
         if not causes:
             return head + ": the conversation continues" if self.calls else head + ": no calls seen"
         return head + ": " + ", ".join(causes)
+
+
+def count(n: int, word: str) -> str:
+    """'1 call', '1,000 calls'."""
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
 
 
 class Analyzer:

@@ -30,6 +30,7 @@ RULES = {  # rule id -> what it means (DESIGN.md); the ids are stable
     "context-oversize": "context beyond the configured limit",
     "upstream-error": "the upstream failed (connection refused, 5xx, abnormal WebSocket close)",
     "unparsed-payload": "a payload on a conversational endpoint could not be decoded",
+    "replay-miss": "during a replay, a request or message the capture holds no answer for",
 }
 RETRY_STATUSES = frozenset({408, 409, 429})
 REMOVED_ENDPOINT_HINT = (

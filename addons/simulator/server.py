@@ -38,7 +38,6 @@ import re
 import secrets
 import signal
 import tempfile
-import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -49,6 +48,7 @@ from urllib.parse import quote, urlencode
 
 from aiohttp import WSMsgType, web
 
+from addons.background import running_in_thread
 from addons.simulator import agent
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
@@ -946,38 +946,11 @@ def _first_message_override(initiation: dict[str, Any]) -> str:
 # running it ---------------------------------------------------------------------------------
 
 
-def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
-    asyncio.set_event_loop(loop)
-    try:
-        loop.run_forever()
-    finally:
-        pending = [task for task in asyncio.all_tasks(loop) if not task.done()]
-        for task in pending:
-            task.cancel()
-        if pending:
-            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-        loop.run_until_complete(loop.shutdown_asyncgens())
-        loop.close()
-
-
 @contextlib.contextmanager
 def running_simulator(**kwargs: Any) -> Iterator[Simulator]:
     """Yield a started `Simulator` running on its own event loop in a daemon thread."""
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(
-        target=_run_loop, args=(loop,), name="elevenlabs-simulator", daemon=True
-    )
-    thread.start()
-    sim = Simulator(**kwargs)
-    try:
-        asyncio.run_coroutine_threadsafe(sim.start(), loop).result(timeout=10)
+    with running_in_thread(Simulator(**kwargs), "elevenlabs-simulator") as sim:
         yield sim
-    finally:
-        try:
-            asyncio.run_coroutine_threadsafe(sim.stop(), loop).result(timeout=10)
-        finally:
-            loop.call_soon_threadsafe(loop.stop)
-            thread.join(timeout=10)
 
 
 def _write_port_file(path: str | Path, port: int) -> None:
