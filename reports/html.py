@@ -16,8 +16,8 @@ from addons.core.model import FlowRecord
 from reports.view import Meta, ReportView, build_report, detail_session
 
 REPORT_FILE = "report.html"
-BUDGET = 4_000_000  # bytes of session detail in one report (10k calls must stay under 5 MB)
-SESSION_BUDGET = 1_500_000  # bytes one session may take, so one huge session cannot hide the others
+BUDGET = 2_500_000  # bytes of sessions in one report (10k calls must stay under 5 MB and open in under 2 s)
+SESSION_BUDGET = 1_000_000  # bytes one session may take, so one huge session cannot hide the others
 
 
 def _static(name: str) -> str:
@@ -52,8 +52,10 @@ def render(analysis: Analysis, records: Mapping[str, FlowRecord], meta: Meta, on
     """The report page as text, and the view it shows (sessions beyond the size budget stay summaries)."""
     env = environment()
     view, index = build_report(analysis, meta)
+    per_session = SESSION_BUDGET
     if only_session is not None:
         view.sessions = [s for s in view.sessions if s.id == only_session]
+        budget = per_session = 1 << 40  # the one session asked for, in full
     states = {s.id: s for s in analysis.sessions}
     call_t, session_t = env.get_template("call.html"), env.get_template("session.html")
     sections: list[Markup] = []
@@ -65,7 +67,7 @@ def render(analysis: Analysis, records: Mapping[str, FlowRecord], meta: Meta, on
             detail_session(sv, states[sv.id], analysis, index, records, meta.max_context_tokens)
             own = 0
             for i, row in enumerate(sv.calls):
-                if spent + own > budget or own > SESSION_BUDGET:
+                if spent + own > budget or own > per_session:
                     sv.omitted_calls = len(sv.calls) - i
                     break
                 html = call_t.render(c=row)
@@ -73,7 +75,7 @@ def render(analysis: Analysis, records: Mapping[str, FlowRecord], meta: Meta, on
                 calls_html.append(Markup(html))
             spent += own
         section = session_t.render(s=sv, detailed=detailed, calls_html=calls_html)
-        spent += len(section) if not detailed else 0
+        spent += len(section) - sum(len(c) for c in calls_html)
         sections.append(Markup(section))
         sv.calls = []  # rendered; let the rows go
     css, js = _static("report.css"), _static("report.js")

@@ -28,6 +28,7 @@ TURN_LIMIT = 2000  # characters of one turn in a diff
 MESSAGE_LIMIT = 600  # characters of one WebSocket message
 FOLD_KEEP = 2  # unchanged turns shown at each side of a change; the rest fold into one line
 SEVERITY_RANK = {ERROR: 0, WARNING: 1, INFO: 2, "": 3}
+FINDINGS_SHOWN = 25  # findings listed per rule; a session's own are on its calls
 AUDIO_KEYS = ("audio_base_64", "user_audio_chunk", "audio")
 
 
@@ -164,12 +165,18 @@ class FindingView:
 
 @dataclass(slots=True)
 class RuleGroup:
-    """The findings of one rule."""
+    """The findings of one rule (the first ``FINDINGS_SHOWN``; the rest are counted, and are in findings.json)."""
 
     rule: str
     meaning: str
     severity: str
     findings: list[FindingView]
+    total: int = 0
+
+    @property
+    def hidden(self) -> int:
+        """Findings of this rule not listed on the page."""
+        return self.total - len(self.findings)
 
 
 @dataclass(slots=True)
@@ -505,9 +512,8 @@ def protocol_rows(analysis: Analysis) -> list[ProtocolRow]:
     return rows
 
 
-def session_view(state: SessionState, analysis: Analysis, index: ReportIndex) -> SessionView:
-    """A session's summary (its details are filled by ``detail_session`` when shown)."""
-    found = [f for f in analysis.findings if f.session == state.id]
+def session_view(state: SessionState, found: list[Finding], index: ReportIndex) -> SessionView:
+    """A session's summary from its findings (its details are filled by ``detail_session`` when shown)."""
     return SessionView(
         id=state.id, anchor=index.session_anchor[state.id], id_source=state.source, protocol=state.protocol,
         n_calls=len(state.calls), server_conversations=len(state.server_conversations), resets=len(state.resets),
@@ -539,11 +545,15 @@ def build_report(analysis: Analysis, meta: Meta) -> tuple[ReportView, ReportInde
             seen_rules.add(f.rule)
             top.append(finding_view(f, index))
     groups: dict[str, RuleGroup] = {}
+    by_session: dict[str, list[Finding]] = {}
     for f in analysis.findings:
+        by_session.setdefault(f.session, []).append(f)
         g = groups.setdefault(f.rule, RuleGroup(f.rule, RULES.get(f.rule, ""), f.severity, []))
         g.severity = worst([g.severity, f.severity])
-        g.findings.append(finding_view(f, index))
-    sessions = [session_view(s, analysis, index) for s in analysis.sessions]
+        g.total += 1
+        if len(g.findings) < FINDINGS_SHOWN:
+            g.findings.append(finding_view(f, index))
+    sessions = [session_view(s, by_session.get(s.id, []), index) for s in analysis.sessions]
     order = {s.id: i for i, s in enumerate(analysis.sessions)}
     sessions.sort(key=lambda v: (SEVERITY_RANK.get(v.severity, 3), -v.resets, order[v.id]))
     rule_groups = sorted(groups.values(), key=lambda g: (SEVERITY_RANK.get(g.severity, 3), g.rule))
