@@ -27,15 +27,25 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from make_capture import META_FILE, make_capture
-from measure import CAPTURE_SPECS, CAPTURES, MB, MEASURE_TIMEOUT, RESULTS, ROOT, max_rss_mb, timed, traced_peak
+from make_capture import META_FILE
+from measure import (
+    CAPTURE_SPECS,
+    MB,
+    RESULTS,
+    ROOT,
+    code_state,
+    ensure_capture,
+    max_rss_mb,
+    measure_in_child,
+    timed,
+    traced_peak,
+)
 
 # measuring one capture (in its own process) ------------------------------------------------------------------
 
@@ -129,28 +139,8 @@ def measure(path: Path, repeat: int) -> dict[str, Any]:
 # the run ------------------------------------------------------------------------------------------------------
 
 
-def ensure_capture(name: str, fresh: bool) -> tuple[Path, bool]:
-    """The capture `name` under bench/results/captures, made now if absent (or `fresh`); (path, made now)."""
-    spec = CAPTURE_SPECS[name]
-    out = CAPTURES / name
-    capture = out / "flows.mitm"
-    if capture.exists() and (out / META_FILE).exists() and not fresh:
-        return capture, False
-    print(f"{name}: making the capture ({spec})", file=sys.stderr, flush=True)
-    began = time.monotonic()
-    capture = make_capture(out, spec["calls"], long_session=spec.get("long_session", False))
-    print(f"{name}: made in {time.monotonic() - began:.1f} s, {capture.stat().st_size / MB:.1f} MB",
-          file=sys.stderr, flush=True)
-    return capture, True
 
 
-def measure_in_child(capture: Path, repeat: int) -> dict[str, Any]:
-    argv = [sys.executable, str(Path(__file__).resolve()), "--measure", str(capture), "--repeat", str(repeat)]
-    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=MEASURE_TIMEOUT, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"measuring {capture} failed ({done.returncode}): {done.stderr[-3000:]}")
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    return result
 
 
 def table(rows: dict[str, dict[str, Any]]) -> str:
@@ -187,12 +177,6 @@ def details(rows: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def code_state() -> dict[str, Any]:
-    def git(*argv: str) -> str:
-        done = subprocess.run(["git", *argv], cwd=ROOT, capture_output=True, text=True, check=False)
-        return done.stdout.rstrip("\n")
-
-    return {"commit": git("rev-parse", "HEAD"), "changed": git("status", "--porcelain", "--", "addons").splitlines()}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -217,7 +201,8 @@ def main(argv: list[str] | None = None) -> None:
     for name in names:
         capture, made_now = ensure_capture(name, args.fresh)
         print(f"{name}: measuring {capture.relative_to(ROOT)}", file=sys.stderr, flush=True)
-        rows[name] = measure_in_child(capture, args.repeat) | {"made_now": made_now}
+        rows[name] = measure_in_child(__file__, str(capture / "flows.mitm"), "--repeat", str(args.repeat)) | {
+            "made_now": made_now}
     report = {"results": rows, "settings": vars(args) | {"measure": None}, "code": code,
               "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()},
               "seconds": round(time.monotonic() - began, 1)}

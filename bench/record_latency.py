@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from measure import code_state
 from websockets.sync.client import ClientConnection, connect
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -398,13 +399,6 @@ def notable(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.strip() and not line.startswith(banner)]
 
 
-def code_state() -> dict[str, Any]:
-    """The commit measured and the files changed on top of it (the numbers depend on both)."""
-    def git(*argv: str) -> str:
-        done = subprocess.run(["git", *argv], cwd=ROOT, capture_output=True, text=True, check=False)
-        return done.stdout.rstrip("\n")
-
-    return {"commit": git("rev-parse", "HEAD"), "changed": git("status", "--porcelain", "--", "addons").splitlines()}
 
 
 def main(argv: list[str] | None = None) -> None:

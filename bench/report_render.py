@@ -44,8 +44,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from make_capture import META_FILE, make_capture
-from measure import CAPTURE_SPECS, CAPTURES, MEASURE_TIMEOUT, RESULTS, ROOT, max_rss_mb, timed, traced_peak
+from make_capture import META_FILE
+from measure import (
+    CAPTURE_SPECS,
+    RESULTS,
+    ROOT,
+    code_state,
+    ensure_capture,
+    max_rss_mb,
+    measure_in_child,
+    timed,
+    traced_peak,
+)
 
 REPORTS = RESULTS / "report_render"  # the reports measured in Chromium, kept to look at
 SESSIONTAP = ROOT / ".venv" / "bin" / "sessiontap"
@@ -267,25 +277,8 @@ def open_in_chromium(report: Path, loads: int) -> dict[str, Any]:
 # the run ------------------------------------------------------------------------------------------------------
 
 
-def ensure_capture(name: str) -> tuple[Path, bool]:
-    """The capture dir `name` under bench/results/captures, made now if absent; (dir, made now)."""
-    spec = CAPTURE_SPECS[name]
-    out = CAPTURES / name
-    if (out / "flows.mitm").exists():
-        return out, False
-    print(f"{name}: making the capture ({spec})", file=sys.stderr, flush=True)
-    make_capture(out, spec["calls"], long_session=spec.get("long_session", False))
-    return out, True
 
 
-def measure_in_child(capture: Path, out: Path, repeat: int, profile: int) -> dict[str, Any]:
-    argv = [sys.executable, str(Path(__file__).resolve()), "--measure", str(capture), "--report-dir", str(out),
-            "--repeat", str(repeat), "--profile-top", str(profile)]
-    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=MEASURE_TIMEOUT, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"measuring {capture} failed ({done.returncode}): {done.stderr[-3000:]}")
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    return result
 
 
 def table(rows: dict[str, dict[str, Any]]) -> str:
@@ -338,13 +331,6 @@ def details(rows: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def code_state() -> dict[str, Any]:
-    def git(*argv: str) -> str:
-        done = subprocess.run(["git", *argv], cwd=ROOT, capture_output=True, text=True, check=False)
-        return done.stdout.rstrip("\n")
-
-    return {"commit": git("rev-parse", "HEAD"),
-            "changed": git("status", "--porcelain", "--", "addons", "reports").splitlines()}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -374,7 +360,8 @@ def main(argv: list[str] | None = None) -> None:
     for name in names:
         capture, made_now = ensure_capture(name)
         print(f"{name}: measuring {capture.relative_to(ROOT)}", file=sys.stderr, flush=True)
-        row = measure_in_child(capture, REPORTS / name, args.repeat, 25 if name in profiled else 0)
+        row = measure_in_child(__file__, str(capture), "--report-dir", str(REPORTS / name),
+                               "--repeat", str(args.repeat), "--profile-top", str(25 if name in profiled else 0))
         print(f"{name}: sessiontap report (CLI)", file=sys.stderr, flush=True)
         row["cli"] = run_cli(capture)  # from this small process: a forked child's max RSS starts at ours
         print(f"{name}: opening {row['report']} in Chromium", file=sys.stderr, flush=True)
