@@ -32,7 +32,7 @@ from urllib.parse import parse_qsl, urlsplit
 from aiohttp import WSMsgType, web
 from mitmproxy import http
 
-from addons.background import running_in_thread
+from addons.background import CLOSE_TIMEOUT, LoopbackServer, running_in_thread
 from addons.capture import flow_records, read_capture
 from addons.core.decode import is_audio_frame
 from addons.core.match import (
@@ -60,7 +60,6 @@ REPLAY_HEADER = "X-Sessiontap-Replay"  # hit | miss | error
 REPLAY_FLOW_HEADER = "X-Sessiontap-Replay-Flow"  # the recorded flow answering (or nearest to a miss)
 IDLE_CLOSE = 2.0  # seconds a finished recording waits for the client to close before closing itself
 IDLE_TIMEOUT = 60.0  # seconds a socket waits for the next client message before giving up
-CLOSE_TIMEOUT = 2.0
 START_TIMEOUT = 10.0
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 MAX_REASON_BYTES = 123  # the longest close reason a WebSocket close frame carries
@@ -301,8 +300,10 @@ def error_response(ex: Exchange) -> web.Response:
 # --- the server --------------------------------------------------------------------------------
 
 
-class ReplayServer:
+class ReplayServer(LoopbackServer):
     """Serves a capture on loopback: recorded HTTP responses and WebSocket conversations, matched, never fetched."""
+
+    stop_message = b"sessiontap replay stopping"
 
     def __init__(self, source: ReplaySource | Recording, *, match_on: str | Iterable[str] = DEFAULT_MATCH_ON,
                  ignore: IgnorePaths = DEFAULT_IGNORE_PATHS, repeat_last: bool = False, host: str = "127.0.0.1",
@@ -315,28 +316,12 @@ class ReplayServer:
         self.http = Matcher([r.exchange for r in self._http], match_on, ignore, repeat_last)
         self.sockets = Matcher([r.exchange for r in self._sockets], match_on, ignore, repeat_last)
         self.ignore = ignore
-        self.host, self._requested_port = host, port
+        super().__init__(host, port)
         self.pace, self.idle_close, self.idle_timeout = pace, idle_close, idle_timeout
         self.misses: list[ReplayMiss] = []
         self.served: list[str] = []  # recorded flow ids answered, in order
         self.skipped: Counter[str] = Counter()  # binary_frames, audio_frames, client_audio, stray_pongs
         self._ids = itertools.count(1)
-        self._open: set[web.WebSocketResponse] = set()
-        self._runner: web.AppRunner | None = None
-        self._port: int | None = None
-
-    @property
-    def port(self) -> int:
-        """The bound port (after ``start()``)."""
-        if self._port is None:
-            raise RuntimeError("the replay server is not started")
-        return self._port
-
-    @property
-    def url(self) -> str:
-        """The base URL to give the client, e.g. ``http://127.0.0.1:PORT``."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
 
     @property
     def unused(self) -> list[str]:
@@ -348,20 +333,7 @@ class ReplayServer:
         """Bind the server (port 0 picks a free port) and start serving."""
         app = web.Application(client_max_size=MAX_MESSAGE_BYTES)
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=CLOSE_TIMEOUT)
-        await runner.setup()
-        await web.TCPSite(runner, self.host, self._requested_port).start()
-        self._runner = runner
-        self._port = int(runner.addresses[0][1])
-
-    async def stop(self) -> None:
-        """Close open sockets (1001) and stop serving."""
-        for ws in list(self._open):
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(ws.close(code=1001, message=b"sessiontap replay stopping"), CLOSE_TIMEOUT)
-        if self._runner is not None:
-            runner, self._runner = self._runner, None
-            await runner.cleanup()
+        await self._serve(app)
 
     def _miss(self, miss: ReplayMiss) -> ReplayMiss:
         self.misses.append(miss)
@@ -408,11 +380,11 @@ class ReplayServer:
                                    max_msg_size=MAX_MESSAGE_BYTES, timeout=CLOSE_TIMEOUT)
         self.served.append(rec.exchange.flow_id)
         await ws.prepare(request)
-        self._open.add(ws)
+        self._open_sockets.add(ws)
         try:
             await self._converse(request, ws, rec)
         finally:
-            self._open.discard(ws)
+            self._open_sockets.discard(ws)
         return ws
 
     async def _send(self, ws: web.WebSocketResponse, messages: Sequence[WsMessage]) -> bool:

@@ -48,14 +48,13 @@ from urllib.parse import quote, urlencode
 
 from aiohttp import WSMsgType, web
 
-from addons.background import running_in_thread
+from addons.background import CLOSE_TIMEOUT, LoopbackServer, running_in_thread
 from addons.simulator import agent
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 DEFAULT_TURNS_LIMIT = 10
 MAX_TURNS_LIMIT = 50
 INIT_TIMEOUT = 30.0
-CLOSE_TIMEOUT = 2.0
 AUDIO_FORMAT = "pcm_16000"
 AGENT_TURN_SECS = 2
 USER_TURN_SECS = 5
@@ -400,8 +399,10 @@ def _status_code(status: int) -> str:
         return "simulated_error"
 
 
-class Simulator:
+class Simulator(LoopbackServer):
     """The ElevenLabs simulator server; `start()` binds it, `stop()` closes everything."""
+
+    stop_message = b"Simulator shutting down"
 
     def __init__(
         self,
@@ -414,9 +415,7 @@ class Simulator:
         stream_parts: bool = True,
         ping_interval: float | None = None,
     ) -> None:
-        self.host = host
-        self._requested_port = port
-        self._port: int | None = None
+        super().__init__(host, port)
         self.api_key = api_key
         self.faults = faults if faults is not None else Faults()
         self.require_signed_url = require_signed_url
@@ -425,23 +424,8 @@ class Simulator:
         self.hits: list[Hit] = []
         self.conversations: dict[str, StoredConversation] = {}
         self._signatures: dict[str, _Signature] = {}
-        self._sockets: set[web.WebSocketResponse] = set()
-        self._runner: web.AppRunner | None = None
 
     # lifecycle ----------------------------------------------------------------------------
-
-    @property
-    def port(self) -> int:
-        """The bound port (after `start()`)."""
-        if self._port is None:
-            raise RuntimeError("the simulator is not started")
-        return self._port
-
-    @property
-    def url(self) -> str:
-        """The base URL, e.g. `http://127.0.0.1:PORT`."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
 
     @property
     def ws_url(self) -> str:
@@ -465,24 +449,7 @@ class Simulator:
         app.router.add_get(convai + "/conversation", self._socket)
         app.router.add_get(convai + "/conversations", self._list_conversations)
         app.router.add_get(convai + "/conversations/{conversation_id}", self._get_conversation)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
-        await runner.setup()
-        site = web.TCPSite(runner, self.host, self._requested_port)
-        await site.start()
-        self._runner = runner
-        self._port = int(runner.addresses[0][1])
-
-    async def stop(self) -> None:
-        """Close open sockets (1001) and stop the server."""
-        sockets = list(self._sockets)
-        for ws in sockets:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(
-                    ws.close(code=1001, message=b"Simulator shutting down"), CLOSE_TIMEOUT
-                )
-        if self._runner is not None:
-            runner, self._runner = self._runner, None
-            await runner.cleanup()
+        await self._serve(app)
 
     # HTTP plumbing --------------------------------------------------------------------------
 
@@ -687,11 +654,11 @@ class Simulator:
         else:
             method = "public"
         await ws.prepare(request)
-        self._sockets.add(ws)
+        self._open_sockets.add(ws)
         try:
             await self._converse(request, ws, agent_id, method, preset_id)
         finally:
-            self._sockets.discard(ws)
+            self._open_sockets.discard(ws)
         return ws
 
     def _ws_hit(self, request: web.Request, body: str, kind: str, cid: str | None) -> None:
