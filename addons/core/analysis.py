@@ -37,7 +37,7 @@ class Analysis:
 
     def add_findings(self, found: Iterable[Finding]) -> None:
         """Add findings made outside the rules (e.g. replay misses), keeping the severity order."""
-        self.findings = sorted([*self.findings, *found], key=lambda f: SEVERITY_ORDER.get(f.severity, 3))
+        self.findings = by_severity([*self.findings, *found])
 
     @property
     def has_errors(self) -> bool:
@@ -221,32 +221,48 @@ class Analyzer:
         return self._sorted()
 
     def _split(self, collisions: list[Finding]) -> Analysis:
+        """Analyse the collided sessions again, one session per lineage thread; the others stay as they are."""
         collided = {f.session for f in collisions}
         again = Analyzer(self.settings)
         again.first_messages.update(self.first_messages)
-        split_into: dict[str, set[str]] = {}
+        split_into: dict[str, list[str]] = {}
         for ev in self.events:
             if isinstance(ev, Closing):
-                again.close_conversation(ev.key, ev.flow_id, ev.code, ev.by_client)
+                if self.conversation_session.get(ev.key) in collided:
+                    again.close_conversation(ev.key, ev.flow_id, ev.code, ev.by_client)
             elif isinstance(ev, tuple):
-                again.add_note(*ev)
+                if ev[1] in collided:
+                    again.add_note(*ev)
             else:
                 origin, thread = self.thread_of.get(ev.id, (ev.session, 1))
                 if origin in collided:
                     ev.session = origin if thread == 1 else f"{origin}#{thread}"
-                    split_into.setdefault(origin, set()).add(ev.session)
-                again.add_call(ev)
-        again.findings = [f for f in again.findings if f.rule != "session-id-collision"]
+                    parts = split_into.setdefault(origin, [])
+                    if ev.session not in parts:
+                        parts.append(ev.session)
+                    again.add_call(ev)
+        position = {c.id: i for i, c in enumerate(self.calls)}
+        sessions = [s for s in self.sessions.values() if s.id not in collided] + list(again.sessions.values())
+        sessions.sort(key=lambda s: position[s.calls[0].id] if s.calls else -1)
+        redone = {c.id for s in again.sessions.values() for c in s.calls}
+        diffs = {k: d for k, d in self.diffs.items() if k not in redone} | again.diffs
+        findings = [f for f in self.findings if f.session not in collided]
+        findings += [f for f in again.findings if f.rule != "session-id-collision"]
+        findings.sort(key=lambda f: min((position.get(c, 0) for c in f.call_ids), default=0))
         for f in collisions:
             parts = sorted(split_into.get(f.session, ()))
-            again.findings.append(replace(f, evidence={**f.evidence, "split_into": parts},
-                                          message=f"{f.message}; shown as {len(parts)} sessions"))
-        return again._sorted()
+            findings.append(replace(f, evidence={**f.evidence, "split_into": parts},
+                                    message=f"{f.message}; shown as {len(parts)} sessions"))
+        return Analysis(sessions, list(self.calls), diffs, by_severity(findings), list(self.notes))
 
     def _sorted(self) -> Analysis:
-        order = {id(f): i for i, f in enumerate(self.findings)}
-        findings = sorted(self.findings, key=lambda f: (SEVERITY_ORDER.get(f.severity, 3), order[id(f)]))
-        return Analysis(list(self.sessions.values()), list(self.calls), dict(self.diffs), findings, list(self.notes))
+        return Analysis(list(self.sessions.values()), list(self.calls), dict(self.diffs), by_severity(self.findings),
+                        list(self.notes))
+
+
+def by_severity(findings: Iterable[Finding]) -> list[Finding]:
+    """Findings, errors first; the order they came in kept within a severity."""
+    return sorted(findings, key=lambda f: SEVERITY_ORDER.get(f.severity, 3))
 
 
 def context_size(call: Call) -> dict[str, int]:
