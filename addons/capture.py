@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import parse_qsl, urlsplit
 
 from mitmproxy import http, io
 from mitmproxy.exceptions import FlowReadException
@@ -89,7 +90,7 @@ def flow_records(flows: list[http.HTTPFlow], redactor: Redactor | None = None) -
     for flow in flows:
         ex = adapt.exchange(flow)
         ex.url = red.url(ex.url)
-        ex.query = {}
+        ex.query = dict(parse_qsl(urlsplit(ex.url).query, keep_blank_values=True))  # as redacted
         ex.request_headers = red.headers_(ex.request_headers)
         ex.response_headers = red.headers_(ex.response_headers)
         ex.request_body = red.body(ex.request_body) or b""

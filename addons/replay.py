@@ -27,7 +27,6 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
 
 from aiohttp import WSMsgType, web
 from mitmproxy import http
@@ -86,16 +85,8 @@ class Recording:
     warning: str | None = None
 
 
-def with_query(rec: FlowRecord) -> FlowRecord:
-    """The record with its query parameters restored from its (redacted) URL: flow_records leaves them out."""
-    if rec.exchange.query:
-        return rec
-    query = dict(parse_qsl(urlsplit(rec.exchange.url).query, keep_blank_values=True))
-    return replace(rec, exchange=replace(rec.exchange, query=query))
-
-
 def _from_flows(flows: Sequence[http.HTTPFlow], warning: str | None = None) -> Recording:
-    records = [with_query(r) for r in flow_records(list(flows)).values()]
+    records = list(flow_records(list(flows)).values())
     closed = {f.id: f.websocket.closed_by_client for f in flows
               if f.websocket is not None and f.websocket.closed_by_client is not None}
     return Recording(records, closed, warning)
@@ -104,14 +95,14 @@ def _from_flows(flows: Sequence[http.HTTPFlow], warning: str | None = None) -> R
 def load_recording(source: ReplaySource | Recording) -> Recording:
     """The Recording of a capture path, a list of flows or of records; a CaptureError when a path is unreadable."""
     if isinstance(source, Recording):
-        return replace(source, records=[with_query(r) for r in source.records])
+        return source
     if isinstance(source, str | Path):
         capture = read_capture(Path(source))
         return _from_flows(capture.flows, capture.warning)
     items = list(source.values() if isinstance(source, Mapping) else source)
     if all(isinstance(item, http.HTTPFlow) for item in items):
         return _from_flows(items)
-    return Recording([with_query(item) for item in items if isinstance(item, FlowRecord)])
+    return Recording([item for item in items if isinstance(item, FlowRecord)])
 
 
 def is_upgrade(ex: Exchange) -> bool:

@@ -8,6 +8,7 @@ import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import httpx
 import pytest
@@ -221,8 +222,9 @@ def test_volatile_fields_still_match_and_each_response_is_served_once(captures):
 def exchange(flow_id: str, path: str, *, method: str = "GET", status: int | None = 200, body: bytes = b"",
              headers: dict[str, str] | None = None, request_headers: dict[str, str] | None = None,
              url: str = "") -> Exchange:
-    return Exchange(flow_id, method, url or f"http://upstream{path}", path, {}, request_headers or {}, b"", 0.0,
-                    status, headers or {}, body)
+    url = url or f"http://upstream{path}"
+    query = dict(parse_qsl(urlsplit(url).query, keep_blank_values=True))
+    return Exchange(flow_id, method, url, path, query, request_headers or {}, b"", 0.0, status, headers or {}, body)
 
 
 def text(from_client: bool, obj: dict[str, Any]) -> WsMessage:
