@@ -12,8 +12,13 @@ from addons.config import load_config, validate
 from addons.core.errors import SessiontapError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
+    from mitmproxy.http import HTTPFlow
+
     from addons.capture import Capture
     from addons.core.analysis import Analysis
+    from addons.core.compare import Behaviour
     from addons.runner import RecordResult
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
@@ -164,20 +169,28 @@ def _finish(result: RecordResult, settings: dict[str, Any]) -> None:
     raise SystemExit(result.exit_code)
 
 
-def _analyse(capture: Path, config: Path | None) -> tuple[Analysis, Capture]:
-    """Read and analyse a capture with mitm.yaml's thresholds; warnings go to stderr."""
-    from addons.capture import analyse_flows, read_capture
+def _analyser(config: Path | None) -> Callable[[list[HTTPFlow]], Analysis]:
+    """The offline analysis with mitm.yaml's thresholds and session settings."""
+    from addons.capture import analyse_flows
     from addons.core.rules import Settings
 
     settings = load_config(config)
-    cap = read_capture(capture)
-    if cap.warning:
-        click.echo(f"sessiontap: warning: {cap.warning}", err=True)
     thresholds = Settings(settings.get("sessiontap_max_context_tokens", 8000),
                           settings.get("sessiontap_opening_similarity", 0.85),
                           settings.get("sessiontap_session_gap", 600.0))
-    return analyse_flows(cap.flows, thresholds, settings.get("sessiontap_session_header", "x-session-id"),
-                         settings.get("sessiontap_session_field", "")), cap
+    header = settings.get("sessiontap_session_header", "x-session-id")
+    body_field = settings.get("sessiontap_session_field", "")
+    return lambda flows: analyse_flows(flows, thresholds, header, body_field)
+
+
+def _analyse(capture: Path, config: Path | None) -> tuple[Analysis, Capture]:
+    """Read and analyse a capture with mitm.yaml's thresholds; warnings go to stderr."""
+    from addons.capture import read_capture
+
+    cap = read_capture(capture)
+    if cap.warning:
+        click.echo(f"sessiontap: warning: {cap.warning}", err=True)
+    return _analyser(config)(cap.flows), cap
 
 
 CAPTURE_ARG = click.argument("capture", type=click.Path(exists=True, path_type=Path))
@@ -272,36 +285,84 @@ REPLAY_IGNORE = ("user_id",)  # clients make a fresh user id each run; it names 
 
 
 @main.command(context_settings={**CONTEXT_SETTINGS, "ignore_unknown_options": True},
-              epilog="\b\nExample:\n  sessiontap replay sessiontap-out/demo --out replayed -- python my_client.py")
+              epilog="\b\nExamples:\n  sessiontap replay sessiontap-out/demo --out replayed -- python my_client.py\n"
+                     "  sessiontap replay --client sessiontap-out/demo --vary-context full,none\n"
+                     "  sessiontap replay --client sessiontap-out/demo --live --vary-context all")
 @CAPTURE_ARG
 @CONFIG_OPT
-@click.option("--mode", type=click.Choice(["regular", "reverse"]),
-              help="How the client reaches the proxy, as for record [default: regular].")
-@click.option("--out", metavar="DIR", help="Output directory for the replay's capture and report "
+@click.option("--out", metavar="DIR", help="Output directory for the replay's captures and reports "
                                            "[default: sessiontap-out/replay-<time>].")
+@click.option("--mode", type=click.Choice(["regular", "reverse"]),
+              help="Server replay: how the client reaches the proxy, as for record [default: regular].")
 @click.option("--ignore", multiple=True, metavar="PATH",
-              help="A JSON path that may differ when matching (repeatable; e.g. "
+              help="Server replay: a JSON path that may differ when matching (repeatable; e.g. "
                    "simulation_specification.extra_body.*). time_in_call_secs, event ids, timestamps "
                    "and user_id are always ignored.")
-@click.option("--match-on", metavar="NAMES", help="Matchers to use, comma-separated "
+@click.option("--match-on", metavar="NAMES", help="Server replay: matchers to use, comma-separated "
                                                   "[default: method,endpoint,query,user_message,context,body].")
+@click.option("--client", "client_replay", is_flag=True,
+              help="Client replay: re-send the capture's conversations to an upstream (the built-in "
+                   "simulator unless --to or --live) and set the replies beside the recorded ones.")
+@click.option("--to", "to_url", metavar="URL",
+              help="Client replay: the upstream to send to (a server on this machine; another host needs --live).")
+@click.option("--live", is_flag=True,
+              help="Client replay: send to the real ElevenLabs API (https://api.elevenlabs.io unless --to) "
+                   "with ELEVENLABS_API_KEY from the environment. Spends API credit.")
+@click.option("--vary-context", metavar="MODES",
+              help="Client replay: rewrite each call's context as full, transcript, structured, summary "
+                   "or none (comma-separated, or all; each is replayed in turn) [default: as recorded].")
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
+              help="Client replay: seconds to wait for each reply.")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
-def replay(capture: Path, config: Path | None, mode: str | None, out: str | None, ignore: tuple[str, ...],
-           match_on: str | None, command: tuple[str, ...]) -> None:
-    """Run a client against a capture instead of ElevenLabs: offline, recorded and analysed.
+def replay(capture: Path, config: Path | None, out: str | None, mode: str | None, ignore: tuple[str, ...],
+           match_on: str | None, client_replay: bool, to_url: str | None, live: bool, vary_context: str | None,
+           timeout: float, command: tuple[str, ...]) -> None:
+    """Replay a capture: serve it to a client offline, or (--client) re-send it to an upstream.
 
-    Each HTTP call is answered from the capture (JSON-aware matching) and each WebSocket
-    conversation is replayed turn by turn; nothing leaves this machine. A request the
-    capture does not hold gets HTTP 501 (a WebSocket message: close code 4000) and a
-    replay-miss finding naming the nearest recorded call. The replay is recorded like a
-    live run, so a fixed client replayed against a faulty client's capture shows in the report.
+    CAPTURE is a flow file (flows.mitm, or any mitmdump capture) or a record output directory.
+
+    \b
+    Server replay (a client command after --): each HTTP call is answered from
+    the capture (JSON-aware matching) and each WebSocket conversation is replayed
+    turn by turn; nothing leaves this machine. A request the capture does not
+    hold gets HTTP 501 (a WebSocket message: close code 4000) and a replay-miss
+    finding naming the nearest recorded call. The replay is recorded like a live
+    run, so a fixed client replayed against a faulty client's capture shows.
+
+    \b
+    Client replay (--client): the recorded conversations are sent again, call by
+    call, each reply awaited, through the recording proxy: as recorded, or with
+    each call's context rewritten (--vary-context). Each run gets its own capture
+    and report in OUT/<variant>, and OUT/behaviour.html sets the recorded and the
+    replayed replies side by side and says where continuity changed.
     """
+    if client_replay:
+        wrong = [name for name, value in (("--mode", mode), ("--match-on", match_on), ("--ignore", ignore))
+                 if value]
+        if wrong or command:
+            raise click.UsageError(f"{', '.join(wrong) or 'a client command'} is for server replay, not --client")
+        _client_replay(capture, config, out, to_url, live, vary_context, timeout)
+    wrong = [name for name, value in (("--to", to_url), ("--live", live), ("--vary-context", vary_context))
+             if value]
+    if wrong:
+        raise click.UsageError(f"{', '.join(wrong)} needs --client")
+    _server_replay(capture, config, out, mode, ignore, match_on, command)
+
+
+def _replay_out(out: str | None) -> str:
+    return out or str(Path("sessiontap-out") / time.strftime("replay-%Y%m%d-%H%M%S"))
+
+
+def _server_replay(capture: Path, config: Path | None, out: str | None, mode: str | None, ignore: tuple[str, ...],
+                   match_on: str | None, command: tuple[str, ...]) -> None:
+    """Run a client command against the capture (offline), recorded and analysed."""
     from addons.core.match import DEFAULT_MATCH_ON, parse_ignore, parse_match_on
     from addons.replay import running_replay
     from addons.runner import run_record
 
     if not command:
-        raise click.UsageError("give the client command after --, e.g. -- python my_client.py")
+        raise click.UsageError("give the client command after --, e.g. -- python my_client.py "
+                               "(or --client to re-send the recorded calls instead)")
     try:
         paths = parse_ignore((*REPLAY_IGNORE, *ignore))
         matchers = parse_match_on(match_on) if match_on else DEFAULT_MATCH_ON
@@ -311,18 +372,109 @@ def replay(capture: Path, config: Path | None, mode: str | None, out: str | None
         with running_replay(capture, match_on=matchers, ignore=paths) as server:
             click.echo(f"sessiontap: replaying {capture} from {server.url} (offline)", err=True)
             settings = settings_from(config, {"sessiontap_mode": mode, "sessiontap_upstream": server.url,
-                                              "sessiontap_out": out})
-            settings.setdefault("sessiontap_out", str(Path("sessiontap-out") / time.strftime("replay-%Y%m%d-%H%M%S")))
+                                              "sessiontap_out": _replay_out(out)})
             result = run_record(settings, list(command), announce=lambda s: click.echo(s, err=True))
             misses = list(server.misses)
     except SessiontapError as e:
         raise click.ClickException(str(e)) from e
     if misses and result.analysis is not None:
+        from addons.capture import read_capture
         from addons.findings import write_findings
+        from addons.replay import miss_findings
 
-        result.analysis.add_findings([m.finding() for m in misses])
+        try:
+            flows = read_capture(Path(result.out)).flows
+        except SessiontapError:
+            flows = []  # the findings still name the recorded flow nearest to each miss
+        result.analysis.add_findings(miss_findings(misses, flows, result.analysis.calls))
         result.verdict = result.analysis.verdict()
         write_findings(result.analysis, Path(result.out))
         for m in misses:
             click.echo(f"sessiontap: replay-miss: {m.message}", err=True)
     _finish(result, settings)
+
+
+def replay_upstream(to_url: str | None, live: bool, environ: Mapping[str, str] | None = None) -> str | None:
+    """Where a client replay sends (None: the built-in simulator); a UsageError before anything is sent."""
+    import ipaddress
+    import os
+
+    from addons.router import DEFAULT_UPSTREAM, parse_upstream
+
+    env = os.environ if environ is None else environ
+    if live and not env.get("ELEVENLABS_API_KEY"):
+        raise click.UsageError("--live sends to the real ElevenLabs API and needs ELEVENLABS_API_KEY in the "
+                               "environment (a capture never holds the key)")
+    if to_url is None:
+        return DEFAULT_UPSTREAM if live else None
+    try:
+        _, host, _ = parse_upstream(to_url)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--to") from e
+    try:
+        local = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        local = False
+    if not live and not local:
+        raise click.UsageError(f"--to {to_url} is not on this machine; add --live to send the recorded "
+                               "conversations there (with ELEVENLABS_API_KEY)")
+    return to_url
+
+
+def _client_replay(capture: Path, config: Path | None, out: str | None, to_url: str | None, live: bool,
+                   vary_context: str | None, timeout: float) -> None:
+    """Re-send the capture's conversations once per variant, then write the side-by-side behaviour report."""
+    from addons.capture import flow_records
+    from addons.core.compare import compare
+    from addons.core.vary import AS_RECORDED, parse_modes
+    from addons.replay_client import build_plan, run_variants
+
+    try:
+        variants = parse_modes(vary_context) if vary_context else [AS_RECORDED]
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--vary-context") from e
+    upstream = replay_upstream(to_url, live)
+    target = Path(_replay_out(out))
+    try:
+        analysis, cap = _analyse(capture, config)
+        plan = build_plan(flow_records(cap.flows), analysis, str(capture))
+        if not plan["flows"]:
+            raise SessiontapError(f"{capture} holds no flow to replay")
+        settings = settings_from(config, {})
+        runs = run_variants(plan, target, variants, upstream, settings, _analyser(config), timeout,
+                            announce=lambda s: click.echo(s, err=True))
+    except SessiontapError as e:
+        raise click.ClickException(str(e)) from e
+    code = 0
+    for run in runs:
+        code = max(code, run.result.exit_code)
+        if run.analysis is None:
+            click.echo(f"sessiontap: error: the {run.variant} replay recorded nothing readable", err=True)
+            code = max(code, 1)
+            continue
+        click.echo(f"sessiontap: {run.variant}: {run.analysis.verdict()}", err=True)
+        _write_report(run.analysis, run.out, run.out, settings)
+    behaviour = compare(analysis, {r.variant: (r.analysis, r.tags.get) for r in runs if r.analysis is not None})
+    _write_behaviour(behaviour, capture, target)
+    raise SystemExit(code)
+
+
+def _write_behaviour(behaviour: Behaviour, capture: Path, out: Path) -> None:
+    """Write behaviour.json and behaviour.html, and print whether each session continues in each run."""
+    import json
+
+    from addons.findings import version
+    from reports.html import write_behaviour
+
+    path = out / "behaviour.json"
+    path.write_text(json.dumps(behaviour.to_json(), indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    names = ["original", *behaviour.variants]
+    width = max([len(s.id) for s in behaviour.sessions] + [len("session")])
+    click.echo("sessiontap: does the conversation continue? (* = changed from the original)", err=True)
+    click.echo("  " + "session".ljust(width) + "".join(f"  {n:<16}" for n in names), err=True)
+    for s in behaviour.sessions:
+        cells = [s.original.label] + [s.replayed[v].label + (" *" if s.changed(v) else "") for v in behaviour.variants]
+        click.echo("  " + s.id.ljust(width) + "".join(f"  {c:<16}" for c in cells), err=True)
+    page = write_behaviour(behaviour, str(capture), version(), out)
+    click.echo(f"sessiontap: behaviour written to {path} and {page}", err=True)
+    click.echo(f"sessiontap: open {page.resolve().as_uri()}", err=True)

@@ -12,8 +12,9 @@ Usage: ``with running_replay("out/flows.mitm") as server: ...`` then point the c
   client's messages match. A miss closes the socket with ``MISS_CLOSE_CODE`` and a reason.
   Recorded binary frames cannot be replayed (``WsMessage`` keeps no bytes): they are
   skipped and counted in ``ReplayServer.skipped``, like audio frames the capture left out.
-- Every miss is kept in ``ReplayServer.misses`` (``ReplayMiss.finding()`` makes it a
-  ``replay-miss`` finding). The server opens no outbound connection.
+- Every miss is kept in ``ReplayServer.misses`` (``miss_findings`` makes them
+  ``replay-miss`` findings, each at the flow of the replay that got it). The server opens no
+  outbound connection.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from addons.core.match import (
     describe,
     parse_json,
 )
-from addons.core.model import HTTP, WEBSOCKET, Exchange, Finding, FlowRecord, WsMessage
+from addons.core.model import HTTP, WEBSOCKET, Call, Exchange, Finding, FlowRecord, WsMessage
 from addons.core.redact import Redactor
 from addons.router import SIGNED_URL_RE, rewrite_signed_url
 from addons.tagger import TAG_HEADER
@@ -246,13 +247,19 @@ class ReplayMiss:
         return {"status": "replay_miss", "message": self.message, "nearest_flow": self.nearest_flow,
                 "failures": [{"matcher": name, "reason": reason} for name, reason in self.failures]}
 
-    def finding(self, session: str = "") -> Finding:
-        """The miss as a ``replay-miss`` finding (error) with the nearest recorded flow as evidence."""
+    def finding(self, replayed_flow: str | None = None, calls: Sequence[Call] = ()) -> Finding:
+        """The miss as a ``replay-miss`` finding (error): at the replayed flow and call that got it, when known.
+
+        The nearest recorded flow (of the capture replayed, not of this replay) is evidence.
+        """
+        at = list(calls[-1:])  # a socket misses at its last call: the message that did not match
         return Finding(
-            rule="replay-miss", severity="error", session=session,
-            flow_ids=[self.nearest_flow] if self.nearest_flow else [], message=self.message,
+            rule="replay-miss", severity="error", session=at[0].session if at else "",
+            flow_ids=[replayed_flow] if replayed_flow else [], message=self.message,
             evidence={"protocol": self.protocol, "method": self.method, "path": self.path, "step": self.step,
-                      "nearest_flow": self.nearest_flow, "failures": [list(f) for f in self.failures]},
+                      "replayed_flow": replayed_flow, "nearest_flow": self.nearest_flow,
+                      "failures": [list(f) for f in self.failures]},
+            call_ids=[c.id for c in at],
             fix=("Record the capture again with this client, or leave the failing predicate out of match_on, "
                  "or add the changing member to the ignore paths."),
         )
@@ -286,6 +293,28 @@ def error_response(ex: Exchange) -> web.Response:
     message = f"the recorded {describe(ex)} got no response: {ex.error or 'unknown error'}"
     return web.json_response({"detail": {"status": "replay_recorded_error", "message": message}}, status=502,
                              headers={REPLAY_HEADER: "error", REPLAY_FLOW_HEADER: ex.flow_id})
+
+
+def miss_findings(misses: Sequence[ReplayMiss], flows: Sequence[http.HTTPFlow], calls: Iterable[Call] = ()
+                  ) -> list[Finding]:
+    """The misses as findings, each tied to the flow of the replay's own capture that got it, in time order.
+
+    That flow is the one answered ``X-Sessiontap-Replay: miss`` (HTTP) or closed with
+    ``MISS_CLOSE_CODE`` (WebSocket); ``calls`` (the replay's analysis) give its session and call.
+    """
+    ordered = sorted(flows, key=lambda f: f.request.timestamp_start)
+    answered = {HTTP: iter([f for f in ordered if f.websocket is None and f.response is not None
+                            and f.response.headers.get(REPLAY_HEADER) == "miss"]),
+                WEBSOCKET: iter([f for f in ordered if f.websocket is not None
+                                 and f.websocket.close_code == MISS_CLOSE_CODE])}
+    by_flow: dict[str, list[Call]] = {}
+    for call in calls:
+        by_flow.setdefault(call.flow_id, []).append(call)
+    out = []
+    for miss in sorted(misses, key=lambda m: m.timestamp):
+        flow = next(answered[WEBSOCKET if miss.protocol == WEBSOCKET else HTTP], None)
+        out.append(miss.finding(flow.id if flow else None, by_flow.get(flow.id, []) if flow else []))
+    return out
 
 
 # --- the server --------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""report.html: renders the view records with Jinja2 into one self-contained, CSP-locked, ASCII file."""
+"""The HTML pages: report.html and behaviour.html, rendered with Jinja2 into self-contained, CSP-locked ASCII files."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ import jinja2
 from markupsafe import Markup
 
 from addons.core.analysis import Analysis
+from addons.core.compare import ORIGINAL, Behaviour
 from addons.core.model import FlowRecord
+from addons.core.vary import MEANINGS
 from reports.view import Meta, ReportView, build_report, detail_session
 
 REPORT_FILE = "report.html"
@@ -78,7 +80,7 @@ def render(analysis: Analysis, records: Mapping[str, FlowRecord], meta: Meta, on
         spent += len(section) - sum(len(c) for c in calls_html)
         sections.append(Markup(section))
         sv.calls = []  # rendered; let the rows go
-    css, js = _static("report.css"), _static("report.js")
+    css, js = _static("report.css"), _static("theme.js") + _static("report.js")
     page = env.get_template("report.html").render(view=view, sessions_html=sections, css=Markup(css),
                                                   js=Markup(js), csp=csp(css, js))
     return page, view
@@ -91,5 +93,44 @@ def write_report(analysis: Analysis, records: Mapping[str, FlowRecord], meta: Me
     path = out / REPORT_FILE
     tmp = path.with_suffix(".html.tmp")
     tmp.write_bytes(page.encode("ascii", "xmlcharrefreplace"))
+    tmp.replace(path)
+    return path
+
+
+BEHAVIOUR_FILE = "behaviour.html"
+RUN_MEANINGS = {ORIGINAL: "the capture as recorded: the client's own calls and the replies it got.", **MEANINGS}
+def _behaviour_headline(behaviour: Behaviour, continuing: Mapping[str, int]) -> tuple[str, str]:
+    """The page's verdict: in how many replays continuity changed, and which runs kept every session going."""
+    pairs = [(s, v) for s in behaviour.sessions for v in behaviour.variants]
+    changed = sum(1 for s, v in pairs if s.changed(v))
+    if not pairs:
+        headline = "Nothing was replayed"
+    elif changed:
+        headline = f"Continuity changed in {changed} of {len(pairs)} replays"
+    else:
+        headline = f"Continuity is as recorded in all {len(pairs)} replays"
+    every = [name for name, n in continuing.items() if behaviour.sessions and n == len(behaviour.sessions)]
+    return headline, (f"Every session continues in: {', '.join(every)}." if every
+                      else "No run keeps every session going.")
+
+
+def render_behaviour(behaviour: Behaviour, capture: str, version: str) -> str:
+    """The API behaviour page as text: the recorded and replayed replies of every call, side by side."""
+    css, js = _static("report.css"), _static("theme.js")
+    runs = [ORIGINAL, *behaviour.variants]
+    continuing = {name: sum(1 for s in behaviour.sessions
+                            if (s.original if name == ORIGINAL else s.replayed[name]).continues) for name in runs}
+    headline, best = _behaviour_headline(behaviour, continuing)
+    return environment().get_template("behaviour.html").render(
+        b=behaviour, capture=capture, version=version, headline=headline, best=best,
+        continuing=continuing, meanings={name: RUN_MEANINGS.get(name, "") for name in runs},
+        css=Markup(css), js=Markup(js), csp=csp(css, js))
+
+
+def write_behaviour(behaviour: Behaviour, capture: str, version: str, out: Path) -> Path:
+    """Write behaviour.html into ``out`` (pure ASCII, atomically) and return its path."""
+    path = out / BEHAVIOUR_FILE
+    tmp = path.with_suffix(".html.tmp")
+    tmp.write_bytes(render_behaviour(behaviour, capture, version).encode("ascii", "xmlcharrefreplace"))
     tmp.replace(path)
     return path

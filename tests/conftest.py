@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import Browser
 
 from addons.simulator.server import Simulator, running_simulator
 
@@ -25,6 +26,15 @@ CLIENTS = Path(__file__).resolve().parent / "clients"
 def sessiontap_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One sessiontap config directory (and so one CA) for the whole test run, never in $HOME."""
     return tmp_path_factory.mktemp("sessiontap-home")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Debian's headless Chromium, one per test module."""
+    from tests.browser import launched
+
+    with launched() as b:
+        yield b
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ import pytest
 import websockets.sync.client as ws_client
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from addons.capture import read_capture
 from addons.core.errors import CaptureError
 from addons.core.match import WsMiss, WsReplay, parse_ignore
 from addons.core.model import Exchange, FlowRecord, WsMessage
@@ -170,7 +171,9 @@ def test_an_unrecorded_ws_message_closes_the_socket_with_the_miss_code(captures)
     assert (miss.protocol, miss.nearest_flow, miss.step) == ("websocket", rec.exchange.flow_id, 3)
     assert ("user_message differs: recorded 'I need to classify cotton t-shirts for import.', "
             "got 'I need to classify leather shoes.'") in miss.message
-    assert miss.finding().rule == "replay-miss" and miss.finding().flow_ids == [rec.exchange.flow_id]
+    finding = miss.finding()
+    assert finding.rule == "replay-miss" and finding.evidence["nearest_flow"] == rec.exchange.flow_id
+    assert finding.flow_ids == [] and finding.session == ""  # not replayed through a proxy: no flow of its own
 
 
 def first_request(capture: Path) -> tuple[Exchange, dict[str, Any]]:
@@ -353,6 +356,10 @@ def test_a_fixed_client_replayed_on_a_faulty_capture_misses_and_says_where(captu
     data = json.loads((out / "findings.json").read_text())
     misses = [f for f in data["findings"] if f["rule"] == "replay-miss"]
     assert misses and misses[0]["severity"] == "error" and misses[0]["evidence"]["nearest_flow"]
+    # each miss sits at the replayed call that got it: its flow in the replay's capture, its session
+    replayed = {f.id: f for f in read_capture(out).flows}
+    assert all(m["flow_ids"] and replayed[m["flow_ids"][0]].response.status_code == MISS_STATUS for m in misses)
+    assert {m["session"] for m in misses} <= {s["id"] for s in data["sessions"]} and misses[0]["call_ids"]
     assert "requests the replayed capture does not hold" in data["verdict"]
     assert "replay-miss" in (out / "report.html").read_text()
     usage = sessiontap("replay", str(capture))

@@ -127,6 +127,38 @@ def normalize_context(value: object) -> tuple[list[Turn], str]:
     return ([Turn(CONTEXT, str(value))], FORMAT_SUMMARY)
 
 
+def embedded_context(text: str) -> tuple[list[Turn], str]:
+    """The turns of a history turn that itself holds a whole transcript or structured history, or none.
+
+    Clients that flatten their context into one turn (``"User: …\nAgent: …"``, or
+    ``{"conversation_history": [...]}`` as text) still hand the agent those turns.
+    """
+    stripped = text.strip()
+    if stripped.startswith("{"):
+        try:
+            obj = json.loads(stripped)
+        except ValueError:
+            return ([], "")
+        turns, fmt = normalize_context(obj) if isinstance(obj, dict) else ([], "")
+        return (turns, fmt) if fmt == FORMAT_STRUCTURED and turns else ([], "")
+    turns, fmt = turns_from_transcript(text)
+    return (turns, fmt) if fmt in (FORMAT_TRANSCRIPT, FORMAT_FLAT) and len(turns) > 1 else ([], "")
+
+
+def open_embedded(turns: list[Turn]) -> tuple[list[Turn], str]:
+    """History turns with each embedded transcript opened into its turns, and the history's format."""
+    out: list[Turn] = []
+    fmt = FORMAT_TURNS
+    for turn in turns:
+        inner, inner_fmt = embedded_context(turn.text)
+        if inner:
+            out += inner
+            fmt = inner_fmt
+        else:
+            out.append(turn)
+    return (out, fmt)
+
+
 @dataclass(slots=True)
 class Decoded:
     """What one exchange or socket yielded: calls, notes, and agents' opening lines."""
@@ -169,7 +201,8 @@ def json_objects(raw: bytes) -> Iterator[Any]:
                 pos += 1
 
 
-def _simulated_turns(raw: bytes) -> list[Turn]:
+def simulated_turns(raw: bytes) -> list[Turn]:
+    """The turns of a simulate-conversation response body (batch JSON, NDJSON or SSE)."""
     turns: list[Turn] = []
     for obj in json_objects(raw):
         if isinstance(obj, dict) and isinstance(obj.get("simulated_conversation"), list):
@@ -235,8 +268,8 @@ def decode_simulate(ex: Exchange, agent_id: str, stream: bool, session_header: s
     spec = body.get("simulation_specification") if isinstance(body, dict) else None
     history = spec.get("partial_conversation_history") if isinstance(spec, dict) else None
     if isinstance(history, list):
-        call.context = turns_from_list(history)
-        call.context_formats[HISTORY_FIELD] = FORMAT_TURNS if history else FORMAT_EMPTY
+        call.context, fmt = open_embedded(turns_from_list(history))
+        call.context_formats[HISTORY_FIELD] = fmt if history else FORMAT_EMPTY
     else:
         call.context_formats[HISTORY_FIELD] = FORMAT_EMPTY
     user_config = spec.get("simulated_user_config") if isinstance(spec, dict) else None
@@ -252,7 +285,7 @@ def decode_simulate(ex: Exchange, agent_id: str, stream: bool, session_header: s
                 call.context_formats[name] = fmt
     if ex.response_body and ex.status is not None and 200 <= ex.status < 300:
         try:
-            call.reply = _simulated_turns(ex.response_body)
+            call.reply = simulated_turns(ex.response_body)
         except (ValueError, UnicodeDecodeError) as e:
             out.notes.append(Note(ex.flow_id, "response-body", f"response body is not JSON: {e}"))
     if not call.context and call.reply and call.reply[0].role == AGENT:

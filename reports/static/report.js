@@ -56,12 +56,6 @@
 
   [fSession, fRule, fFlagged].forEach(function (el) { el.addEventListener("change", apply); });
   window.addEventListener("hashchange", function () { reveal(location.hash.slice(1)); });
-  document.getElementById("theme").addEventListener("click", function () {
-    var root = document.documentElement;
-    var dark = root.getAttribute("data-theme") === "dark" ||
-      (!root.getAttribute("data-theme") && window.matchMedia("(prefers-color-scheme: dark)").matches);
-    root.setAttribute("data-theme", dark ? "light" : "dark");
-  });
   document.addEventListener("keydown", function (e) {
     var tag = (e.target && e.target.tagName) || "";
     if (e.ctrlKey || e.metaKey || e.altKey || tag === "SELECT" || tag === "INPUT") { return; }
@@ -70,7 +64,6 @@
       var call = document.activeElement && document.activeElement.closest("details.call");
       if (call) { call.open = !call.open; }
     } else if (e.key === "/") { e.preventDefault(); fSession.focus(); }
-    else if (e.key === "t") { document.getElementById("theme").click(); }
   });
   apply();
   if (location.hash) { reveal(location.hash.slice(1)); }
