@@ -100,8 +100,8 @@ def flow_records(flows: list[http.HTTPFlow], redactor: Redactor | None = None) -
         if flow.websocket is not None:
             for m in flow.websocket.messages:
                 msg = adapt.ws_message(m)
-                if msg.text is not None:
-                    msg.text = red.text(msg.text)
+                if msg.text is not None:  # JSON-aware: secret__ variables and tokens inside frames too
+                    msg.text = (red.body(msg.text.encode("utf-8")) or b"").decode("utf-8", "replace")
                 rec.messages.append(msg)
             rec.close_code = flow.websocket.close_code
         audio = flow.metadata.get(AUDIO_KEY)

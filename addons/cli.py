@@ -437,12 +437,15 @@ def _client_replay(capture: Path, config: Path | None, out: str | None, to_url: 
     target = Path(_replay_out(out))
     try:
         analysis, cap = _analyse(capture, config)
-        plan = build_plan(flow_records(cap.flows), analysis, str(capture))
-        if not plan["flows"]:
-            raise SessiontapError(f"{capture} holds no flow to replay")
         settings = settings_from(config, {})
+        plan = build_plan(flow_records(cap.flows), analysis, str(capture),
+                          settings.get("sessiontap_session_header", "x-session-id"))
+        if not plan["flows"]:
+            raise SessiontapError(f"{capture} holds no ElevenLabs agents call to re-send")
+        if variants != [AS_RECORDED] and not plan["sessions"]:
+            raise SessiontapError(f"{capture} holds no conversation with a user message: there is no context to vary")
         runs = run_variants(plan, target, variants, upstream, settings, _analyser(config), timeout,
-                            announce=lambda s: click.echo(s, err=True))
+                            announce=lambda s: click.echo(s, err=True), live=live)
     except SessiontapError as e:
         raise click.ClickException(str(e)) from e
     code = 0

@@ -49,9 +49,11 @@ if TYPE_CHECKING:
     from addons.runner import RecordResult
 
 PLAN_FILE = "plan.json"
+CONVAI_PREFIX = "/v1/convai/"
 PLAN_VERSION = 1
 REPLAY_OF_HEADER = "x-sessiontap-replay-of"
 DEFAULT_TIMEOUT = 30.0  # seconds to wait for each reply
+OPENING_GRACE = 1.0  # seconds a new socket waits for an opening line the recording did not have
 MAX_FRAME_BYTES = 16 * 1024 * 1024
 SIGNED_PARAMS = ("conversation_signature", "token")  # a recorded signature is redacted: a fresh URL is fetched
 AWAITED = ("conversation_initiation_metadata", "agent_response")  # the server frames a replayed step waits for
@@ -114,17 +116,21 @@ def _json(text: str | None) -> Any:
 def recorded_frames(rec: FlowRecord) -> list[dict[str, Any]]:
     """A recorded socket's client frames to send again, each with how many awaited server frames follow it.
 
-    Pongs are left out (live pings are answered instead), so are audio and binary frames
-    (the capture keeps neither); what the server sent before them counts for the frame before.
+    Pongs are left out (live pings are answered instead; what follows a pong still answers
+    the frame before), so are audio and binary frames (the capture keeps neither), and what
+    the server sent after those is not awaited.
     """
     frames: list[dict[str, Any]] = []
+    counting = False  # server frames answer the last client frame sent: not awaited after a skipped one
     for msg in rec.messages:
         obj = _json(msg.text)
         if msg.from_client:
-            if msg.text is None or is_audio_frame(obj) or (isinstance(obj, dict) and obj.get("type") == "pong"):
-                continue
-            frames.append({"text": msg.text, "expect": 0})
-        elif frames and isinstance(obj, dict) and obj.get("type") in AWAITED:
+            if isinstance(obj, dict) and obj.get("type") == "pong":
+                continue  # timing: what follows still answers the frame before
+            counting = not (msg.text is None or is_audio_frame(obj))
+            if counting:
+                frames.append({"text": msg.text, "expect": 0})
+        elif counting and isinstance(obj, dict) and obj.get("type") in AWAITED:
             frames[-1]["expect"] += 1
     return frames
 
@@ -153,10 +159,18 @@ def _init_frame(rec: FlowRecord) -> dict[str, Any]:
     return {"type": "conversation_initiation_client_data"}
 
 
+def resendable(rec: FlowRecord) -> bool:
+    """True for a recorded ElevenLabs agents call that is safe to send again (GET or POST under /v1/convai/).
+
+    Anything else a capture holds (other hosts' APIs, deletes, uploads) is never re-sent.
+    """
+    return rec.exchange.path.startswith(CONVAI_PREFIX) and rec.exchange.method in ("GET", "POST")
+
+
 def _flow_step(rec: FlowRecord, of: tuple[str, int] | None) -> dict[str, Any]:
     ex = rec.exchange
     step: dict[str, Any] = {"target": target(ex.url), "headers": kept_headers(ex.request_headers),
-                            "of": replay_of(*of) if of else None}
+                            "of": replay_of(*of) if of else None, "status": ex.status}
     if is_websocket_path(ex.path) and (rec.messages or ex.status == 101):
         step.update(kind=WEBSOCKET, frames=recorded_frames(rec))
     else:
@@ -164,17 +178,28 @@ def _flow_step(rec: FlowRecord, of: tuple[str, int] | None) -> dict[str, Any]:
     return step
 
 
-def _session_plan(calls: list[Call], records: Mapping[str, FlowRecord], session: str) -> dict[str, Any]:
-    first = records[calls[0].flow_id]
-    plan: dict[str, Any] = {"id": session, "protocol": calls[0].protocol, "target": target(first.exchange.url),
-                            "headers": kept_headers(first.exchange.request_headers), "calls": []}
-    if calls[0].protocol == WEBSOCKET:
+def _session_plan(session: str, calls: list[tuple[int, Call]], records: Mapping[str, FlowRecord],
+                  session_header: str) -> dict[str, Any]:
+    """One session's calls of one protocol, to replay with their context rewritten.
+
+    The session is declared under its own analysed id (when the client declared one), so two
+    conversations that shared an id when recorded (``ID``, ``ID#2``) stay apart in the replay.
+    """
+    first = records[calls[0][1].flow_id]
+    headers = kept_headers(first.exchange.request_headers)
+    for name in list(headers):
+        if name.lower() == session_header.lower():
+            headers[name] = session
+    plan: dict[str, Any] = {"id": session, "protocol": calls[0][1].protocol, "target": target(first.exchange.url),
+                            "headers": headers, "calls": []}
+    websocket = calls[0][1].protocol == WEBSOCKET
+    if websocket:
         plan["init"] = _init_frame(first)
-        plan["opening"] = calls[0].opening is not None
-        updates = {flow: _updates_before(records[flow]) for flow in dict.fromkeys(c.flow_id for c in calls)}
-    for n, call in enumerate(calls, 1):
+        plan["opening"] = calls[0][1].opening is not None
+        updates = {flow: _updates_before(records[flow]) for flow in dict.fromkeys(c.flow_id for _, c in calls)}
+    for n, call in calls:
         entry: dict[str, Any] = {"number": n, "user_text": call.user_text or ""}
-        if call.protocol == WEBSOCKET:
+        if websocket:
             before = updates[call.flow_id]
             entry["updates"] = before[call.turn_index - 1] if call.turn_index <= len(before) else []
         else:
@@ -184,18 +209,23 @@ def _session_plan(calls: list[Call], records: Mapping[str, FlowRecord], session:
     return plan
 
 
-def build_plan(records: Mapping[str, FlowRecord], analysis: Analysis, capture: str = "") -> dict[str, Any]:
-    """The replay plan of a capture: its flows in order and its sessions' calls (no secret in it)."""
+def build_plan(records: Mapping[str, FlowRecord], analysis: Analysis, capture: str = "",
+               session_header: str = "x-session-id") -> dict[str, Any]:
+    """The replay plan of a capture: its re-sendable flows in order and its sessions' calls (no secret in it)."""
     numbers = call_numbers(analysis)
     first_call: dict[str, tuple[str, int]] = {}
     for call in analysis.calls:
         if call.id in numbers:
             first_call.setdefault(call.flow_id, numbers[call.id])
-    sessions = [_session_plan([c for c in s.calls if c.flow_id in records and c.user_text is not None],
-                              records, s.id)
-                for s in analysis.sessions if any(c.flow_id in records and c.user_text is not None for c in s.calls)]
+    sessions = []
+    for state in analysis.sessions:
+        for protocol in dict.fromkeys(c.protocol for c in state.calls):
+            calls = [(numbers[c.id][1], c) for c in state.calls if c.protocol == protocol and c.flow_id in records
+                     and c.user_text is not None and resendable(records[c.flow_id])]
+            if calls:
+                sessions.append(_session_plan(state.id, calls, records, session_header))
     return {"sessiontap_plan": PLAN_VERSION, "capture": capture,
-            "flows": [_flow_step(rec, first_call.get(fid)) for fid, rec in records.items()],
+            "flows": [_flow_step(rec, first_call.get(fid)) for fid, rec in records.items() if resendable(rec)],
             "sessions": sessions}
 
 
@@ -225,6 +255,15 @@ class Socket:
             self.ws.send(frame if isinstance(frame, str) else json.dumps(frame))
         except WebSocketException as e:
             raise ReplayError(f"socket closed while sending: {e}") from e
+
+    def settle(self, seconds: float) -> None:
+        """Take the agent's opening line if it comes within ``seconds`` (nothing is lost if it does not)."""
+        with contextlib.suppress(ReplayError):
+            saved, self.timeout = self.timeout, seconds
+            try:
+                self.wait(self.awaited + 1, [])
+            finally:
+                self.timeout = saved
 
     def wait(self, total: int, replies: list[str]) -> None:
         """Read until ``total`` awaited frames have come (pings answered, replies collected)."""
@@ -263,11 +302,13 @@ class Replayer:
         self.variant = variant
         self.timeout = timeout
         self.say = say
+        self.played = 0
         self.failed = 0
         self.http = httpx.Client(trust_env=True, timeout=timeout)
 
     def run(self, plan: Mapping[str, Any]) -> int:
-        """Play the plan in this replayer's variant; the number of calls that failed."""
+        """Play the plan in this replayer's variant; the number of calls that failed (a summary line said last)."""
+        began = time.monotonic()
         try:
             if self.variant == vary.AS_RECORDED:
                 for step in plan.get("flows", []):
@@ -277,14 +318,20 @@ class Replayer:
                     self._session(session)
         finally:
             self.http.close()
+        self.say(f"[{self.variant}] done: {self.played} played, {self.failed} failed, "
+                 f"in {time.monotonic() - began:.1f} s")
         return self.failed
 
     def _guarded(self, what: str, action: Callable[[], str]) -> None:
+        self.played += 1
         try:
             self.say(f"[{self.variant}] {what}: {action()}")
         except ReplayError as e:
             self.failed += 1
             self.say(f"[{self.variant}] {what}: FAILED: {e}")
+        except Exception as e:  # fail open: one odd call must not end the replay of the others
+            self.failed += 1
+            self.say(f"[{self.variant}] {what}: FAILED: unexpected {type(e).__name__}: {e}")
 
     # HTTP --------------------------------------------------------------------------------------
 
@@ -312,6 +359,9 @@ class Replayer:
         raw = step.get("body")
         content = raw.encode() if raw is not None else base64.b64decode(step.get("body_b64") or "")
         response = self._post(step["method"], step["target"], headers, content)
+        recorded = step.get("status")
+        if response.status_code >= 400 and not (isinstance(recorded, int) and recorded >= 400):
+            raise ReplayError(f"HTTP {response.status_code} (recorded: {recorded}): {response.text[:200]}")
         return f"HTTP {response.status_code}"
 
     def _session(self, session: Mapping[str, Any]) -> None:
@@ -331,7 +381,10 @@ class Replayer:
                 response = self._post("POST", call["target"], headers, json.dumps(body).encode())
                 if response.status_code >= 400:
                     raise ReplayError(f"HTTP {response.status_code}: {response.text[:200]}")
-                reply = next((t.text for t in simulated_turns(response.content) if t.role == AGENT), "")
+                try:
+                    reply = next((t.text for t in simulated_turns(response.content) if t.role == AGENT), "")
+                except (ValueError, UnicodeDecodeError) as e:
+                    raise ReplayError(f"HTTP {response.status_code} with a body that is not JSON: {e}") from e
                 history.extend([Turn(USER, call["user_text"]), Turn(AGENT, reply)])
                 return f"HTTP {response.status_code}, reply {_short(reply)}"
             self._guarded(f"{session['id']} call #{call['number']}", one)
@@ -373,7 +426,9 @@ class Replayer:
         sock = self._open(session["target"], headers)
         try:
             sock.send(session["init"])
-            sock.wait(1 + int(bool(session.get("opening"))), [])
+            sock.wait(1, [])  # conversation_initiation_metadata
+            # the opening line, if the agent has one: recorded or not, it must not pass for a reply
+            sock.settle(self.timeout if session.get("opening") else OPENING_GRACE)
         except ReplayError:
             sock.close()
             raise
@@ -429,10 +484,12 @@ def replay_tags(flows: list[http.HTTPFlow]) -> dict[str, tuple[str, int] | None]
 
 def run_variants(plan: dict[str, Any], out: Path, variants: list[str], upstream: str | None,
                  settings: dict[str, Any], analyse: Callable[[list[http.HTTPFlow]], Analysis],
-                 timeout: float = DEFAULT_TIMEOUT, announce: Callable[[str], None] = print) -> list[VariantRun]:
+                 timeout: float = DEFAULT_TIMEOUT, announce: Callable[[str], None] = print,
+                 live: bool = False) -> list[VariantRun]:
     """Write the plan into ``out`` and play it once per variant through the recording proxy into ``out/<variant>``.
 
-    ``upstream`` None starts the built-in simulator for the run. Each replay is read back and
+    ``upstream`` None starts the built-in simulator for the run. Only ``live`` runs send the
+    user's ``ELEVENLABS_API_KEY``; the others send a sample key. Each replay is read back and
     analysed with ``analyse``; a run that recorded nothing readable has no analysis.
     """
     from addons.capture import read_capture
@@ -449,7 +506,7 @@ def run_variants(plan: dict[str, Any], out: Path, variants: list[str], upstream:
             target_dir = out / variant
             announce(f"sessiontap: replaying {variant} to {url}, recording to {target_dir}")
             command = [sys.executable, "-m", "addons.replay_client", str(plan_path), "--variant", variant,
-                       "--timeout", f"{timeout:g}"]
+                       "--timeout", f"{timeout:g}", *(["--live"] if live else [])]
             result = run_record({**settings, "sessiontap_mode": "reverse", "sessiontap_upstream": url,
                                  "sessiontap_out": str(target_dir)}, command, announce)
             run = VariantRun(variant, target_dir, result)
@@ -473,6 +530,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("plan", help=f"the {PLAN_FILE} that `sessiontap replay --client` wrote")
     parser.add_argument("--variant", default=vary.AS_RECORDED, choices=[vary.AS_RECORDED, *vary.MODES])
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds to wait for each reply")
+    parser.add_argument("--live", action="store_true",
+                        help="send $ELEVENLABS_API_KEY (without it, a sample key: the real key never goes elsewhere)")
     args = parser.parse_args(argv)
     base = os.environ.get("ELEVENLABS_BASE_URL")
     if not base:
@@ -485,7 +544,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as e:
         print(f"replay client: cannot read {args.plan}: {e}", file=sys.stderr)
         return 2
-    key = os.environ.get("ELEVENLABS_API_KEY") or SAMPLE_API_KEY
+    key = (os.environ.get("ELEVENLABS_API_KEY") if args.live else None) or SAMPLE_API_KEY
     replayer = Replayer(base, key, args.variant, args.timeout, say=lambda s: print(s, flush=True))
     return 1 if replayer.run(plan) else 0
 

@@ -148,6 +148,7 @@ def test_a_signed_socket_gets_a_fresh_signed_url_and_pings_are_answered():
         hits = list(sim.hits)
     assert failed == 0, said
     assert said[1].startswith("[full] signed call #2: reply") and "Vietnam" in said[1]
+    assert said[-1].startswith("[full] done: 2 played, 0 failed, in ")
     assert [h.kind for h in hits if h.kind != "ws-message"] == ["http", "ws-open"]  # one socket for both calls
     assert hits[0].path.endswith("/get-signed-url") and "REDACTED" not in hits[1].query
     assert "conversation_signature=" in hits[1].query
@@ -163,6 +164,7 @@ def test_failing_and_silent_upstreams_fail_calls_clearly_and_the_run_ends(demo, 
     assert "FAILED: HTTP 503" in proc.stdout
     by = sessions_by_protocol(json.loads((tmp_path / "503" / "behaviour.json").read_text()))
     assert by["fixed-http"]["calls"][0]["replies"]["full"]["status"] == "HTTP 503"
+    assert by["fixed-http"]["continuity"]["full"]["label"] == "5 unanswered"  # failed calls do not "continue"
     assert by["fixed-ws"]["continuity"]["full"]["continues"]  # the socket has no HTTP fault
     with running_simulator(faults=Faults(latency=3.0)) as sim:
         proc = client_replay(demo, tmp_path / "slow", sessiontap_home, "--to", sim.url, "--timeout", "0.5")
@@ -191,3 +193,24 @@ def test_the_real_api_needs_live_and_a_key_and_nothing_is_sent_before(demo, sess
     assert replay_upstream(None, False, {}) is None  # the built-in simulator
     with pytest.raises(click.UsageError):
         replay_upstream("http://10.0.0.1:80", False, {})
+
+
+def test_only_elevenlabs_agent_calls_are_resent_and_other_apis_keys_never_reach_the_plan():
+    from mitmproxy.test import tflow, tutils
+
+    other = tflow.tflow(req=tutils.treq(host="api.other.example", path="/v1/messages", method=b"POST",
+                                        headers=[(b"x-api-key", b"sk-ant-secret-key-0001")]), resp=True)
+    delete = tflow.tflow(req=tutils.treq(path="/v1/convai/agents/a1", method=b"DELETE"), resp=True)
+    socket_flow = tflow.twebsocketflow()
+    socket_flow.request.path = "/v1/convai/conversation?agent_id=a1"
+    socket_flow.websocket.messages[0].content = json.dumps({
+        "type": "conversation_initiation_client_data",
+        "dynamic_variables": {"secret__db_password": "hunter2hunter2hunter2"}}).encode()
+    socket_flow.websocket.messages[0].from_client = True
+    flows = [other, delete, socket_flow]
+    records = flow_records(flows)
+    plan = build_plan(records, analyse_flows(flows))
+    assert [step["target"].split("?")[0] for step in plan["flows"]] == ["/v1/convai/conversation"]
+    text = json.dumps(plan) + json.dumps([r.exchange.request_headers for r in records.values()])
+    assert "sk-ant-secret" not in text and "hunter2" not in json.dumps(
+        [m.text for r in records.values() for m in r.messages])

@@ -79,7 +79,7 @@ def test_on_the_socket_only_full_keeps_one_socket_and_the_others_send_their_cont
     assert update == {"type": "contextual_update", "text": vary.transcript(HISTORY)} and message["text"] == NEW
     assert json.loads(vary.socket_frames("structured", HISTORY, NEW)[0]["text"])["conversation_history"][0] == {
         "role": "user", "content": HISTORY[0].text}
-    assert vary.socket_frames("none", HISTORY, NEW) == [{"type": "user_message", "text": NEW}]
+    assert vary.socket_frames("none", HISTORY, NEW, ["Officer on duty"]) == [{"type": "user_message", "text": NEW}]
     assert vary.socket_frames("summary", [], NEW) == [{"type": "user_message", "text": NEW}]  # nothing to carry yet
 
 

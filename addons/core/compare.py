@@ -52,11 +52,13 @@ class Continuity:
     resets: int = 0
     rules: list[str] = field(default_factory=list)
     like_full: float | None = None  # the mean of its replies' like_full
+    unanswered: int = 0  # calls without an ok reply (failed, or not replayed at all)
 
     @property
     def continues(self) -> bool:
         """True when every call was answered in one unbroken conversation (as far as the analysis sees)."""
-        return self.calls > 0 and self.resets == 0 and not set(self.rules) & set(CONTINUITY_RULES)
+        return (self.calls > 0 and self.resets == 0 and self.unanswered == 0
+                and not set(self.rules) & set(CONTINUITY_RULES))
 
     @property
     def label(self) -> str:
@@ -65,7 +67,9 @@ class Continuity:
             return "not replayed"
         if self.continues:
             return "continues"
-        return f"resets {self.resets}×" if self.resets else "starts over"
+        if self.resets:
+            return f"resets {self.resets}×"
+        return f"{self.unanswered} unanswered" if self.unanswered else "starts over"
 
 
 @dataclass(slots=True)
@@ -89,8 +93,12 @@ class SessionBehaviour:
     rows: list[CallRow] = field(default_factory=list)
 
     def changed(self, variant: str) -> bool:
-        """True when the replay in ``variant`` continues where the original did not, or the other way round."""
-        return self.original.continues != self.replayed[variant].continues
+        """True when the replay in ``variant`` continues where the original did not, or the other way round.
+
+        A session the variant did not replay at all has not changed: there is nothing to compare.
+        """
+        replayed = self.replayed[variant]
+        return replayed.calls > 0 and self.original.continues != replayed.continues
 
 
 @dataclass(slots=True)
@@ -135,10 +143,12 @@ class _Index:
             status = "ok" if call.reply_text or call.reply else "no reply"
         return Reply(call.reply_text, status, len(call.context), call.id in self.resets, list(self.rules[call.id]))
 
-    def continuity(self, calls: list[Call]) -> Continuity:
+    def continuity(self, calls: list[Call], expected: int) -> Continuity:
+        """A session's continuity over ``calls`` (of ``expected`` calls: the rest were not replayed)."""
         rules = list(dict.fromkeys(r for c in calls for r in self.rules[c.id]))
+        answered = sum(1 for c in calls if self.reply(c).status == "ok")
         return Continuity(len(calls), len({c.server_conversation for c in calls}),
-                          sum(1 for c in calls if c.id in self.resets), rules)
+                          sum(1 for c in calls if c.id in self.resets), rules, unanswered=expected - answered)
 
 
 def replayed_calls(analysis: Analysis, replay_of: Callable[[str], tuple[str, int] | None]
@@ -163,12 +173,12 @@ def compare(original: Analysis, runs: Mapping[str, tuple[Analysis, Callable[[str
     sessions: list[SessionBehaviour] = []
     for state in original.sessions:
         rows = [CallRow(n, call.user_text or "", index.reply(call)) for n, call in enumerate(state.calls, 1)]
-        behaviour = SessionBehaviour(state.id, state.protocol, index.continuity(state.calls), rows=rows)
+        behaviour = SessionBehaviour(state.id, state.protocol, index.continuity(state.calls, len(rows)), rows=rows)
         for name, (rindex, by_key) in replays.items():
             matched = [by_key.get((state.id, row.number)) for row in rows]
             for row, call in zip(rows, matched, strict=True):
                 row.replayed[name] = rindex.reply(call) if call is not None else Reply()
-            behaviour.replayed[name] = rindex.continuity([c for c in matched if c is not None])
+            behaviour.replayed[name] = rindex.continuity([c for c in matched if c is not None], len(rows))
         if FULL in runs:
             _measure_against_full(behaviour)
         sessions.append(behaviour)

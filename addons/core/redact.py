@@ -16,7 +16,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 MASK = "[REDACTED]"
 
-SECRET_HEADERS = frozenset({"xi-api-key", "authorization", "proxy-authorization", "cookie", "set-cookie"})
+SECRET_HEADERS = frozenset({"xi-api-key", "x-api-key", "api-key", "authorization", "proxy-authorization",
+                            "cookie", "set-cookie"})
 SECRET_PARAMS = frozenset({"conversation_signature", "token", "xi-api-key", "api_key", "signature"})
 SECRET_KEYS = frozenset({
     "xi_api_key",

@@ -147,9 +147,9 @@ def socket_frames(mode: str, history: Sequence[Turn], user_text: str,
     """The client frames of one WebSocket call after the socket's start: context update(s), then the message.
 
     ``updates`` are the contextual updates the client sent before this message when recorded;
-    they are sent again in every mode (they are the client's, not the conversation's history).
+    they are sent again in every mode but ``none``, which sends the message and nothing else.
     """
-    frames: list[dict[str, Any]] = [{"type": "contextual_update", "text": u} for u in updates]
+    frames: list[dict[str, Any]] = [{"type": "contextual_update", "text": u} for u in updates if mode != NONE]
     text = None if shares_socket(mode) else context_text(mode, history)
     if text is not None:
         frames.append({"type": "contextual_update", "text": text})
