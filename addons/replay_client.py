@@ -41,9 +41,12 @@ from addons.core import vary
 from addons.core.analysis import Analysis
 from addons.core.decode import is_audio_frame, is_websocket_path, simulated_turns
 from addons.core.errors import SessiontapError
+from addons.core.match import parse_json
 from addons.core.model import AGENT, USER, WEBSOCKET, Call, FlowRecord, Turn
+from addons.core.redact import SECRET_HEADERS
+from addons.replay import DROP_HEADERS as CONNECTION_HEADERS
+from addons.router import ws_origin
 from addons.samples.chat import SAMPLE_API_KEY
-from addons.tagger import TAG_HEADER
 
 if TYPE_CHECKING:
     from addons.runner import RecordResult
@@ -57,13 +60,11 @@ OPENING_GRACE = 1.0  # seconds a new socket waits for an opening line the record
 MAX_FRAME_BYTES = 16 * 1024 * 1024
 SIGNED_PARAMS = ("conversation_signature", "token")  # a recorded signature is redacted: a fresh URL is fetched
 AWAITED = ("conversation_initiation_metadata", "agent_response")  # the server frames a replayed step waits for
-# Request headers not re-sent: the connection's own, the key (sent fresh), and sessiontap's tags.
-DROP_HEADERS = frozenset({
-    "host", "content-length", "transfer-encoding", "connection", "keep-alive", "upgrade", "te", "trailer",
-    "accept-encoding", "user-agent", "proxy-connection", "proxy-authorization", "cookie",
-    "xi-api-key", "authorization", "sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions",
-    "sec-websocket-protocol", TAG_HEADER.lower(), REPLAY_OF_HEADER,
-})
+# Request headers not re-sent: the connection's own, any secret (the key is sent fresh), and sessiontap's tags.
+DROP_HEADERS = CONNECTION_HEADERS | SECRET_HEADERS | {
+    "host", "accept-encoding", "user-agent", "sec-websocket-key", "sec-websocket-version",
+    "sec-websocket-extensions", "sec-websocket-protocol", REPLAY_OF_HEADER,
+}
 
 
 # --- the plan ----------------------------------------------------------------------------------
@@ -106,13 +107,6 @@ def body_fields(raw: bytes) -> dict[str, str]:
         return {"body_b64": base64.b64encode(raw).decode("ascii")}
 
 
-def _json(text: str | None) -> Any:
-    try:
-        return json.loads(text) if text is not None else None
-    except ValueError:
-        return None
-
-
 def recorded_frames(rec: FlowRecord) -> list[dict[str, Any]]:
     """A recorded socket's client frames to send again, each with how many awaited server frames follow it.
 
@@ -123,7 +117,7 @@ def recorded_frames(rec: FlowRecord) -> list[dict[str, Any]]:
     frames: list[dict[str, Any]] = []
     counting = False  # server frames answer the last client frame sent: not awaited after a skipped one
     for msg in rec.messages:
-        obj = _json(msg.text)
+        obj = parse_json(msg.text)
         if msg.from_client:
             if isinstance(obj, dict) and obj.get("type") == "pong":
                 continue  # timing: what follows still answers the frame before
@@ -140,7 +134,7 @@ def _updates_before(rec: FlowRecord) -> list[list[str]]:
     out: list[list[str]] = []
     pending: list[str] = []
     for msg in rec.messages:
-        obj = _json(msg.text) if msg.from_client else None
+        obj = parse_json(msg.text) if msg.from_client else None
         if not isinstance(obj, dict):
             continue
         if obj.get("type") == "contextual_update" and isinstance(obj.get("text"), str):
@@ -153,7 +147,7 @@ def _updates_before(rec: FlowRecord) -> list[list[str]]:
 
 def _init_frame(rec: FlowRecord) -> dict[str, Any]:
     for msg in rec.messages:
-        obj = _json(msg.text) if msg.from_client else None
+        obj = parse_json(msg.text) if msg.from_client else None
         if isinstance(obj, dict) and obj.get("type") == "conversation_initiation_client_data":
             return obj
     return {"type": "conversation_initiation_client_data"}
@@ -259,26 +253,23 @@ class Socket:
     def settle(self, seconds: float) -> None:
         """Take the agent's opening line if it comes within ``seconds`` (nothing is lost if it does not)."""
         with contextlib.suppress(ReplayError):
-            saved, self.timeout = self.timeout, seconds
-            try:
-                self.wait(self.awaited + 1, [])
-            finally:
-                self.timeout = saved
+            self.wait(self.awaited + 1, [], seconds)
 
-    def wait(self, total: int, replies: list[str]) -> None:
-        """Read until ``total`` awaited frames have come (pings answered, replies collected)."""
-        deadline = time.monotonic() + self.timeout
+    def wait(self, total: int, replies: list[str], seconds: float | None = None) -> None:
+        """Read until ``total`` awaited frames have come (pings answered, replies collected), at most ``seconds``."""
+        limit = self.timeout if seconds is None else seconds
+        deadline = time.monotonic() + limit
         while self.awaited < total:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise ReplayError(f"no reply within {self.timeout:g} s")
+                raise ReplayError(f"no reply within {limit:g} s")
             try:
                 raw = self.ws.recv(timeout=remaining)
             except TimeoutError as e:
-                raise ReplayError(f"no reply within {self.timeout:g} s") from e
+                raise ReplayError(f"no reply within {limit:g} s") from e
             except WebSocketException as e:
                 raise ReplayError(f"socket closed while waiting for a reply: {e}") from e
-            frame = _json(raw) if isinstance(raw, str) else None
+            frame = parse_json(raw)
             if not isinstance(frame, dict):
                 continue
             kind = frame.get("type")
@@ -371,7 +362,7 @@ class Replayer:
         history: list[Turn] = []
         for call in session["calls"]:
             def one(call: Mapping[str, Any] = call) -> str:
-                template = _json(call.get("body"))
+                template = parse_json(call.get("body"))
                 try:
                     body = vary.simulate_body(template, self.variant, history, call["user_text"])
                 except ValueError as e:
@@ -392,19 +383,18 @@ class Replayer:
     # WebSocket ---------------------------------------------------------------------------------
 
     def _ws_url(self, path: str) -> str:
-        parts = urlsplit(self.base)
-        scheme = "wss" if parts.scheme == "https" else "ws"
         query = parse_qsl(urlsplit(path).query, keep_blank_values=True)
         if any(k in SIGNED_PARAMS for k, _ in query):
-            return self._signed_url(path, query)
-        return urlunsplit((scheme, parts.netloc, parts.path + urlsplit(path).path, urlencode(query), ""))
+            return self._signed_url(query)
+        return ws_origin(self.base) + path
 
-    def _signed_url(self, path: str, query: list[tuple[str, str]]) -> str:
+    def _signed_url(self, query: list[tuple[str, str]]) -> str:
         """A fresh signed URL for a recorded signed socket (the recorded signature is redacted)."""
         agent = dict(query).get("agent_id", "")
         response = self._post("GET", "/v1/convai/conversation/get-signed-url?" + urlencode({"agent_id": agent}),
                               {}, None)
-        url = _json(response.text).get("signed_url") if isinstance(_json(response.text), dict) else None
+        answer = parse_json(response.content)
+        url = answer.get("signed_url") if isinstance(answer, dict) else None
         if response.status_code >= 400 or not isinstance(url, str):
             raise ReplayError(f"cannot get a signed URL for {agent!r}: HTTP {response.status_code}")
         rest = [(k, v) for k, v in query if k not in (*SIGNED_PARAMS, "agent_id")]

@@ -90,7 +90,11 @@ def write_report(analysis: Analysis, records: Mapping[str, FlowRecord], meta: Me
                  only_session: str | None = None) -> Path:
     """Write report.html into ``out`` (pure ASCII, atomically) and return its path."""
     page, _ = render(analysis, records, meta, only_session)
-    path = out / REPORT_FILE
+    return write_page(page, out / REPORT_FILE)
+
+
+def write_page(page: str, path: Path) -> Path:
+    """Write a page as pure ASCII (other characters as references), atomically; return its path."""
     tmp = path.with_suffix(".html.tmp")
     tmp.write_bytes(page.encode("ascii", "xmlcharrefreplace"))
     tmp.replace(path)
@@ -129,8 +133,4 @@ def render_behaviour(behaviour: Behaviour, capture: str, version: str) -> str:
 
 def write_behaviour(behaviour: Behaviour, capture: str, version: str, out: Path) -> Path:
     """Write behaviour.html into ``out`` (pure ASCII, atomically) and return its path."""
-    path = out / BEHAVIOUR_FILE
-    tmp = path.with_suffix(".html.tmp")
-    tmp.write_bytes(render_behaviour(behaviour, capture, version).encode("ascii", "xmlcharrefreplace"))
-    tmp.replace(path)
-    return path
+    return write_page(render_behaviour(behaviour, capture, version), out / BEHAVIOUR_FILE)

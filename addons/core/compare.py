@@ -143,12 +143,12 @@ class _Index:
             status = "ok" if call.reply_text or call.reply else "no reply"
         return Reply(call.reply_text, status, len(call.context), call.id in self.resets, list(self.rules[call.id]))
 
-    def continuity(self, calls: list[Call], expected: int) -> Continuity:
-        """A session's continuity over ``calls`` (of ``expected`` calls: the rest were not replayed)."""
+    def continuity(self, calls: list[Call], replies: list[Reply]) -> Continuity:
+        """A session's continuity over the ``calls`` a run made, given its ``replies`` to every original call."""
         rules = list(dict.fromkeys(r for c in calls for r in self.rules[c.id]))
-        answered = sum(1 for c in calls if self.reply(c).status == "ok")
         return Continuity(len(calls), len({c.server_conversation for c in calls}),
-                          sum(1 for c in calls if c.id in self.resets), rules, unanswered=expected - answered)
+                          sum(1 for c in calls if c.id in self.resets), rules,
+                          unanswered=sum(1 for r in replies if r.status != "ok"))
 
 
 def replayed_calls(analysis: Analysis, replay_of: Callable[[str], tuple[str, int] | None]
@@ -173,12 +173,14 @@ def compare(original: Analysis, runs: Mapping[str, tuple[Analysis, Callable[[str
     sessions: list[SessionBehaviour] = []
     for state in original.sessions:
         rows = [CallRow(n, call.user_text or "", index.reply(call)) for n, call in enumerate(state.calls, 1)]
-        behaviour = SessionBehaviour(state.id, state.protocol, index.continuity(state.calls, len(rows)), rows=rows)
+        behaviour = SessionBehaviour(state.id, state.protocol,
+                                     index.continuity(state.calls, [r.original for r in rows]), rows=rows)
         for name, (rindex, by_key) in replays.items():
             matched = [by_key.get((state.id, row.number)) for row in rows]
             for row, call in zip(rows, matched, strict=True):
                 row.replayed[name] = rindex.reply(call) if call is not None else Reply()
-            behaviour.replayed[name] = rindex.continuity([c for c in matched if c is not None], len(rows))
+            behaviour.replayed[name] = rindex.continuity([c for c in matched if c is not None],
+                                                         [r.replayed[name] for r in rows])
         if FULL in runs:
             _measure_against_full(behaviour)
         sessions.append(behaviour)
