@@ -6,8 +6,8 @@ import json
 
 from mitmproxy import http
 
-from addons.core.decode import is_audio_frame
-from addons.guard import guarded
+from sessiontap.bridge.guard import guarded
+from sessiontap.core.decode import is_audio_frame
 
 AUDIO_KEY = "sessiontap.audio"
 

@@ -5,15 +5,15 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from mitmproxy import ctx, exceptions, hooks, http
 from mitmproxy.addonmanager import Loader
 
-from addons.core.analysis import Analysis, Analyzer, Closing
-from addons.core.model import Call, Finding, Note
-from addons.core.rules import ERROR, Settings
-from addons.guard import guarded
+from sessiontap.bridge.guard import guarded
+from sessiontap.core.analysis import Analysis, Analyzer, Closing
+from sessiontap.core.model import Call, Finding, Note
+from sessiontap.core.rules import ERROR, Settings
 
 log = logging.getLogger("sessiontap")
 
@@ -41,12 +41,19 @@ def write_findings(analysis: Analysis, out: Path) -> Path:
     return path
 
 
+class Recorder(Protocol):
+    """Where findings are written as they are found (the Journal)."""
+
+    def record(self, event: str, payload: dict[str, Any], flow: http.HTTPFlow | None = None) -> None: ...
+
+
 class Findings:
     """Runs the continuity rules over each call as the tagger decodes it."""
 
-    def __init__(self) -> None:
+    def __init__(self, journal: Recorder | None = None) -> None:
         self.analyzer = Analyzer()
         self.analysis: Analysis | None = None
+        self.journal = journal
 
     def load(self, loader: Loader) -> None:
         loader.add_option("sessiontap_max_context_tokens", int, 8000,
@@ -66,10 +73,9 @@ class Findings:
                                           getattr(opts, "sessiontap_session_gap", 600.0))
 
     def _publish(self, found: list[Finding], flow: http.HTTPFlow) -> None:
-        journal = ctx.master.addons.get("journal")
         for f in found:
-            if journal is not None:
-                journal.record("finding", f.to_json())
+            if self.journal is not None:
+                self.journal.record("finding", f.to_json())
             if flow.id in f.flow_ids and (not flow.marked or f.severity == ERROR):
                 flow.marked = MARKS.get(f.severity, ":warning:")
                 flow.comment = "\n".join(x for x in (flow.comment, f"[{f.rule}] {f.message}") if x)

@@ -17,11 +17,11 @@ from typing import IO, Any
 from mitmproxy import ctx, exceptions, http, io
 from mitmproxy.addonmanager import Loader
 
-from addons import adapt
-from addons.core.analysis import Closing
-from addons.core.model import Call, Note
-from addons.core.redact import Redactor
-from addons.guard import guarded
+from sessiontap.bridge import adapt
+from sessiontap.bridge.guard import guarded
+from sessiontap.core.analysis import Closing
+from sessiontap.core.model import Call, Note
+from sessiontap.core.redact import Redactor
 
 log = logging.getLogger("sessiontap")
 

@@ -10,7 +10,7 @@ from mitmproxy import ctx, exceptions, http
 from mitmproxy.addonmanager import Loader
 from mitmproxy.proxy import mode_specs
 
-from addons.guard import guarded
+from sessiontap.bridge.guard import guarded
 
 DEFAULT_UPSTREAM = "https://api.elevenlabs.io"
 # Every ElevenLabs API host: the default one and the regional and residency ones.

@@ -1,36 +1,56 @@
 """The addon chain in order; load it with ``mitmdump -s addons/sessiontap.py`` or ``mitmweb -s``.
 
-Usage: ``mitmdump -s addons/sessiontap.py --mode reverse:https://api.elevenlabs.io
---set connection_strategy=lazy --set sessiontap_out=out``.
+Usage, from a synced checkout: ``mitmdump -s addons/sessiontap.py --mode reverse:https://api.elevenlabs.io
+--set connection_strategy=lazy --set sessiontap_out=out``; from an installed package:
+``mitmdump -s "$(sessiontap addon-path)" ...``.
+
+The addons are wired here, by reference: the tagger hands each decoded call, note and socket
+end to the findings and then to the journal; the findings write their findings to the journal.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
+# mitmproxy puts a script's folder first on sys.path (and leaves it there). This folder is the
+# `sessiontap` package itself, so its modules would shadow the package (and other packages named
+# like its subfolders): take it off again before importing anything of ours.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 
-def _importable() -> bool:
-    try:
-        return importlib.util.find_spec("addons.router") is not None
-    except ModuleNotFoundError:
-        return False
-
-
-if not _importable():  # loaded as a plain script from a checkout that is not installed
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from addons.audio import AudioSummary  # noqa: E402
-from addons.findings import Findings  # noqa: E402
-from addons.journal import Journal  # noqa: E402
-from addons.router import Router  # noqa: E402
-from addons.tagger import SessionTagger  # noqa: E402
-
-
-def chain() -> list[object]:
-    """Fresh instances of sessiontap's addons in hook order (routing, tagging, audio, findings, journal)."""
-    return [Router(), SessionTagger(), AudioSummary(), Findings(), Journal()]
+try:
+    from sessiontap.audio import AudioSummary
+    from sessiontap.findings import Findings
+    from sessiontap.journal import Journal
+    from sessiontap.router import Router
+    from sessiontap.tagger import SessionTagger
+except ModuleNotFoundError as e:  # pragma: no cover - only without an install
+    raise ImportError(
+        f"sessiontap is not installed in this Python ({sys.executable}): run `uv sync` in the checkout, "
+        "or `pip install sessiontap`, then load the chain again"
+    ) from e
 
 
-addons = chain()
+class Chain:
+    """sessiontap's addons, wired to each other, in the order mitmproxy must call them."""
+
+    def __init__(self) -> None:
+        self.router = Router()
+        self.journal = Journal()
+        self.findings = Findings(self.journal)
+        self.tagger = SessionTagger(listeners=[self.findings, self.journal])
+        self.audio = AudioSummary()
+
+    @property
+    def addons(self) -> list[object]:
+        """The addons in hook order: routing, tagging, audio, findings, journal (before mitmproxy's own)."""
+        return [self.router, self.tagger, self.audio, self.findings, self.journal]
+
+
+def chain() -> Chain:
+    """A fresh, wired chain of sessiontap's addons."""
+    return Chain()
+
+
+addons = chain().addons

@@ -8,12 +8,12 @@ from typing import Any, Protocol
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.addonmanager import Loader
 
-from addons import adapt
-from addons.core.analysis import Closing
-from addons.core.decode import Decoded, WsDecoder, decode_exchange, header, is_conversational, is_websocket_path
-from addons.core.model import Call, Note
-from addons.core.sessions import SessionTracker
-from addons.guard import guarded
+from sessiontap.bridge import adapt
+from sessiontap.bridge.guard import guarded
+from sessiontap.core.analysis import Closing
+from sessiontap.core.decode import Decoded, WsDecoder, decode_exchange, header, is_conversational, is_websocket_path
+from sessiontap.core.model import Call, Note
+from sessiontap.core.sessions import SessionTracker
 
 log = logging.getLogger("sessiontap")
 
@@ -33,17 +33,14 @@ class Listener(Protocol):
     def on_first_message(self, agent_id: str, text: str) -> None: ...
 
 
-LISTENERS = ("findings", "journal")  # in this order: findings go to the journal as they are found
-
-
 class SessionTagger:
     """Decodes each conversational flow as it happens and tags it with its session id."""
 
-    def __init__(self) -> None:
+    def __init__(self, listeners: list[Listener] | None = None) -> None:
         self.tracker = SessionTracker()
         self.pending: dict[str, Call] = {}
         self.sockets: dict[str, WsDecoder] = {}
-        self.listeners: list[Listener] = []
+        self.listeners: list[Listener] = list(listeners or [])  # in order: findings, then the journal
 
     def load(self, loader: Loader) -> None:
         loader.add_option(
@@ -69,9 +66,6 @@ class SessionTagger:
                     f"(got {ctx.options.sessiontap_session_gap})"
                 )
             self.tracker.session_gap = ctx.options.sessiontap_session_gap
-
-    def running(self) -> None:
-        self.listeners = [a for a in map(ctx.master.addons.get, LISTENERS) if a is not None]
 
     # -- the hand-offs -------------------------------------------------------------------
     def _emit(self, flow: http.HTTPFlow, found: Decoded) -> None:

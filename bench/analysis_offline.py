@@ -5,8 +5,8 @@ against the simulator) into `bench/results/captures/<name>/`; a capture already 
 (`--fresh` makes them again). Each capture is measured in a fresh Python process, so its max RSS is its own:
 
 - raw       `mitmproxy.io.FlowReader(f).stream()` into a list: the floor, just reading flows;
-- read      `addons.capture.read_capture(path)` (the same, plus the torn-tail handling);
-- analyse   `addons.capture.analyse_flows(flows)`: decode, sessions, diffs and rules.
+- read      `sessiontap.app.capture.read_capture(path)` (the same, plus the torn-tail handling);
+- analyse   `sessiontap.app.capture.analyse_flows(flows)`: decode, sessions, diffs and rules.
 
 Each is run `--repeat` times (3) and the median wall time is kept. Then, untimed, `read_capture` and
 `analyse_flows` are run once more under tracemalloc: the peak of what each allocates (`read` peak
@@ -65,7 +65,7 @@ def measure(path: Path, repeat: int) -> dict[str, Any]:
     """Time raw reading, read_capture and analyse_flows over one capture; count what the analysis found."""
     from mitmproxy import io
 
-    from addons.capture import analyse_flows, read_capture
+    from sessiontap.app.capture import analyse_flows, read_capture
 
     rss_start = max_rss_mb()
 

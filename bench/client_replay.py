@@ -4,7 +4,7 @@ Everything runs on 127.0.0.1 against the simulator in its own process. The captu
 `bench/results/captures/1k` (made by `make_capture.py` when absent: 1,000 calls, 100 sessions of
 four kinds of client). Its replay plan is built once (`build_plan`), then for each variant:
 
-- direct      `python -m addons.replay_client PLAN --variant V` with ELEVENLABS_BASE_URL = simulator
+- direct      `python -m sessiontap.replay.client PLAN --variant V` with ELEVENLABS_BASE_URL = simulator
 - mitmdump    the same client through `mitmdump --mode reverse:<simulator>` (no addons)
 - sessiontap  the same client through `sessiontap record --mode reverse --upstream <simulator>`
 - command     the whole `sessiontap replay --client CAPTURE --to <simulator> --vary-context V`
@@ -36,8 +36,8 @@ from typing import Any
 from measure import RESULTS, ROOT, code_state, ensure_capture
 from record_latency import BIN, HOST, bare_mitmdump, sessiontap_record, simulator
 
-from addons.capture import analyse_flows, flow_records, read_capture
-from addons.replay_client import build_plan
+from sessiontap.app.capture import analyse_flows, flow_records, read_capture
+from sessiontap.replay.client import build_plan
 
 RUN_TIMEOUT = 600.0
 WAYS = ("direct", "mitmdump", "sessiontap")
@@ -46,7 +46,7 @@ WAYS = ("direct", "mitmdump", "sessiontap")
 def play(plan: Path, variant: str, base_url: str) -> tuple[float, str]:
     """Seconds the replay client takes through `base_url`, and its last line (calls done, failed)."""
     env = {**os.environ, "ELEVENLABS_BASE_URL": base_url, "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"}
-    argv = [sys.executable, "-m", "addons.replay_client", str(plan), "--variant", variant]
+    argv = [sys.executable, "-m", "sessiontap.replay.client", str(plan), "--variant", variant]
     start = time.perf_counter()
     done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT, check=False)
     seconds = time.perf_counter() - start

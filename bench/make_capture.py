@@ -1,6 +1,6 @@
 """Make a real sessiontap capture of many calls: the sample clients through `sessiontap record`.
 
-One ElevenLabs simulator runs in its own process (`python -m addons.simulator`) on 127.0.0.1, and
+One ElevenLabs simulator runs in its own process (`python -m sessiontap.simulator`) on 127.0.0.1, and
 `sessiontap record --mode reverse --upstream <simulator> --out DIR -- <client>` records this very
 file run as the client (`--client`). The client plays sessions of the replicas in `addons/samples`
 (their own classes and turn functions, driven here in a loop), several at a time on threads:
@@ -40,9 +40,9 @@ from typing import IO, Any
 
 from record_latency import HOST, BenchError, simulator
 
-from addons.samples.chat import SampleClientError
-from addons.samples.durin import HttpChatClient, SocketChatClient, make_client
-from addons.samples.script import CUSTOMS_SCRIPT
+from sessiontap.samples.chat import SampleClientError
+from sessiontap.samples.durin import HttpChatClient, SocketChatClient, make_client
+from sessiontap.samples.script import CUSTOMS_SCRIPT
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.prefix) / "bin"

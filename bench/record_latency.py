@@ -1,7 +1,7 @@
 """What recording costs: per-call latency direct, through bare mitmdump, and through `sessiontap record`.
 
 Everything runs on 127.0.0.1. One ElevenLabs simulator runs in its own process
-(`python -m addons.simulator`), and the same client traffic is sent three ways in one run:
+(`python -m sessiontap.simulator`), and the same client traffic is sent three ways in one run:
 
 - direct      client -> simulator
 - mitmdump    client -> `mitmdump --mode reverse:<simulator>` (no addons) -> simulator
@@ -174,7 +174,7 @@ def simulator(workdir: Path) -> Iterator[int]:
     """The ElevenLabs simulator in its own process; yields its port."""
     port_file = workdir / "simulator.port"
     port_file.unlink(missing_ok=True)
-    argv = [sys.executable, "-m", "addons.simulator", "--host", HOST, "--port", "0", "--port-file", str(port_file)]
+    argv = [sys.executable, "-m", "sessiontap.simulator", "--host", HOST, "--port", "0", "--port-file", str(port_file)]
     with started("simulator", argv, workdir) as proc:
         wait_until(proc, port_file.exists)
         proc.port = int(port_file.read_text().strip())

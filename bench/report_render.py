@@ -4,9 +4,9 @@ The captures are the ones `analysis_offline.py` uses (`make_capture.py`, in `ben
 one already there is reused, a missing one is made. Each capture is measured in a fresh Python process, so
 its max RSS is its own. The steps of `sessiontap report` are timed separately (median of `--repeat`, 3):
 
-- read      `addons.capture.read_capture(path)`;
-- analyse   `addons.capture.analyse_flows(flows)`;
-- records   `addons.capture.flow_records(flows)` (the redacted wire details);
+- read      `sessiontap.app.capture.read_capture(path)`;
+- analyse   `sessiontap.app.capture.analyse_flows(flows)`;
+- records   `sessiontap.app.capture.flow_records(flows)` (the redacted wire details);
 - render    `reports.html.render(analysis, records, Meta(...))` (the page text, and its view);
 - write     `page.encode("ascii", "xmlcharrefreplace")` and writing it to report.html.
 
@@ -103,9 +103,9 @@ def run_cli(capture_dir: Path) -> dict[str, Any]:
 
 def measure(path: Path, out: Path, repeat: int, profile: int) -> dict[str, Any]:
     """Time each step of writing report.html for one capture; count what the page shows."""
-    from addons.capture import analyse_flows, flow_records, read_capture
-    from reports.html import REPORT_FILE, render
-    from reports.view import Meta
+    from sessiontap.app.capture import analyse_flows, flow_records, read_capture
+    from sessiontap.reports.html import REPORT_FILE, render
+    from sessiontap.reports.view import Meta
 
     rss_start = max_rss_mb()
     read_s, capture = timed(lambda: read_capture(path), repeat)

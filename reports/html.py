@@ -11,11 +11,11 @@ from pathlib import Path
 import jinja2
 from markupsafe import Markup
 
-from addons.core.analysis import Analysis
-from addons.core.compare import ORIGINAL, Behaviour
-from addons.core.model import FlowRecord
-from addons.core.vary import MEANINGS
-from reports.view import Meta, ReportView, build_report, detail_session
+from sessiontap.core.analysis import Analysis
+from sessiontap.core.model import FlowRecord
+from sessiontap.replay.compare import ORIGINAL, Behaviour
+from sessiontap.replay.vary import MEANINGS
+from sessiontap.reports.view import Meta, ReportView, build_report, detail_session
 
 REPORT_FILE = "report.html"
 BUDGET = 2_500_000  # bytes of sessions in one report (10k calls must stay under 5 MB and open in under 2 s)
@@ -23,7 +23,7 @@ SESSION_BUDGET = 1_000_000  # bytes one session may take, so one huge session ca
 
 
 def _static(name: str) -> str:
-    text = resources.files("reports").joinpath("static", name).read_text(encoding="utf-8")
+    text = resources.files(__package__ or "sessiontap.reports").joinpath("static", name).read_text(encoding="utf-8")
     text.encode("ascii")  # the inline CSS and JS are hashed for the CSP, and must survive the ASCII write as is
     return text
 
@@ -35,7 +35,7 @@ def _hash(text: str) -> str:
 def environment() -> jinja2.Environment:
     """The one Jinja2 environment: autoescape on, undefined names are errors, no filters beyond the built-ins."""
     return jinja2.Environment(
-        loader=jinja2.PackageLoader("reports", "templates"),
+        loader=jinja2.PackageLoader(__package__ or "sessiontap.reports", "templates"),
         autoescape=True,
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,

@@ -17,11 +17,11 @@ from typing import Any
 
 from markupsafe import Markup
 
-from addons.core.analysis import Analysis, context_size
-from addons.core.contextdiff import ContextDiff, diff
-from addons.core.model import HTTP, WEBSOCKET, Call, Finding, FlowRecord, SessionState, Turn, WsMessage
-from addons.core.rules import ERROR, INFO, RULES, WARNING, carried_context
-from reports.svg import DiagramRow, GrowthPoint, flow_diagram, growth_chart
+from sessiontap.core.analysis import Analysis, context_size
+from sessiontap.core.contextdiff import ContextDiff, diff
+from sessiontap.core.model import HTTP, WEBSOCKET, Call, Finding, FlowRecord, SessionState, Turn, WsMessage
+from sessiontap.core.rules import ERROR, INFO, RULES, WARNING, carried_context
+from sessiontap.reports.svg import DiagramRow, GrowthPoint, flow_diagram, growth_chart
 
 BODY_LIMIT = 4000  # characters of a request/response body shown; the rest is in flows.mitm
 TURN_LIMIT = 2000  # characters of one turn in a diff

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser
 
-from addons.simulator.server import Simulator, running_simulator
+from sessiontap.simulator.server import Simulator, running_simulator
 
 ROOT = Path(__file__).resolve().parent.parent
 SESSIONTAP = str(Path(sys.executable).parent / "sessiontap")
@@ -90,7 +90,7 @@ def sessiontap(tmp_path: Path, sessiontap_home: Path):
 
 def sample(name: str) -> list[str]:
     """The command that runs one ProperDurinClient replica."""
-    return [sys.executable, "-m", "addons.samples", name]
+    return [sys.executable, "-m", "sessiontap.samples", name]
 
 
 def client_script(name: str, *args: str) -> list[str]:

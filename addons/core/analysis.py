@@ -12,11 +12,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from addons.core import rules
-from addons.core.contextdiff import ContextDiff, approx_tokens, diff
-from addons.core.model import Call, Finding, Note, ServerConversation, SessionState
-from addons.core.rules import ERROR, INFO, WARNING, Settings
-from addons.core.sessions import CLIENT, SessionTracker, prefix_hashes
+from sessiontap.core import rules
+from sessiontap.core.contextdiff import ContextDiff, approx_tokens, diff
+from sessiontap.core.model import Call, Finding, Note, ServerConversation, SessionState
+from sessiontap.core.rules import ERROR, INFO, WARNING, Settings
+from sessiontap.core.sessions import CLIENT, SessionTracker, prefix_hashes
 
 FORMAT_VERSION = 1  # findings.json: 1 = first published shape (DESIGN.md)
 SEVERITY_ORDER = {ERROR: 0, WARNING: 1, INFO: 2}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from addons.core.model import Turn
+from sessiontap.core.model import Turn
 
 CHARS_PER_TOKEN = 4  # the usual rough figure for English text
 

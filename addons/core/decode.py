@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from addons.core.model import AGENT, CONTEXT, HTTP, USER, WEBSOCKET, Call, Exchange, Note, Turn, WsMessage
+from sessiontap.core.model import AGENT, CONTEXT, HTTP, USER, WEBSOCKET, Call, Exchange, Note, Turn, WsMessage
 
 SIMULATE_RE = re.compile(r"/v1/convai/agents/(?P<agent>[^/]+)/simulate-conversation(?P<stream>/stream)?/?$")
 AGENT_RE = re.compile(r"/v1/convai/agents/(?P<agent>[^/]+)/?$")

@@ -12,9 +12,9 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 
-from addons.core.contextdiff import approx_tokens, diff
-from addons.core.decode import FORMAT_FLAT, FORMAT_SUMMARY, HISTORY_FIELD
-from addons.core.model import AGENT, USER, WEBSOCKET, Call, Finding, SessionState, Turn
+from sessiontap.core.contextdiff import approx_tokens, diff
+from sessiontap.core.decode import FORMAT_FLAT, FORMAT_SUMMARY, HISTORY_FIELD
+from sessiontap.core.model import AGENT, USER, WEBSOCKET, Call, Finding, SessionState, Turn
 
 ERROR, WARNING, INFO = "error", "warning", "info"
 RULES = {  # rule id -> what it means (DESIGN.md); the ids are stable

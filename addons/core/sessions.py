@@ -33,8 +33,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from addons.core.model import HTTP, USER, Call, Turn
-from addons.core.rules import failed_retryably
+from sessiontap.core.model import HTTP, USER, Call, Turn
+from sessiontap.core.rules import failed_retryably
 
 CLIENT = "client"
 CONVERSATION_ID = "conversation_id"

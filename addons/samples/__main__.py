@@ -1,12 +1,12 @@
-"""Entry point: `python -m addons.samples KIND [--turns N]` runs one sample client."""
+"""Entry point: `python -m sessiontap.samples KIND [--turns N]` runs one sample client."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from addons.samples.durin import SAMPLE_KINDS, run_sample
-from addons.samples.script import CUSTOMS_SCRIPT, MAX_TURNS
+from sessiontap.samples.durin import SAMPLE_KINDS, run_sample
+from sessiontap.samples.script import CUSTOMS_SCRIPT, MAX_TURNS
 
 
 def _turns(value: str) -> int:
@@ -22,7 +22,7 @@ def _turns(value: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line, run the sample client and return the exit code."""
     parser = argparse.ArgumentParser(
-        prog="python -m addons.samples",
+        prog="python -m sessiontap.samples",
         description=(
             "Play the customs-classification script through a replica of the ProperDurinClient. "
             "Reads ELEVENLABS_BASE_URL, ELEVENLABS_API_KEY and ELEVENLABS_AGENT_ID, and the "

@@ -6,13 +6,13 @@ import sys
 from collections.abc import Sequence
 from typing import Protocol, TextIO, runtime_checkable
 
-from addons.samples.chat import (
+from sessiontap.samples.chat import (
     ElevenLabsChatClient,
     FixedElevenLabsChatClient,
     SampleClientError,
 )
-from addons.samples.script import OFFICER_CONTEXT, script_messages
-from addons.samples.websocket import ElevenLabsWebSocketClient, FixedElevenLabsWebSocketClient
+from sessiontap.samples.script import OFFICER_CONTEXT, script_messages
+from sessiontap.samples.websocket import ElevenLabsWebSocketClient, FixedElevenLabsWebSocketClient
 
 SAMPLE_KINDS = ("faulty-http", "fixed-http", "faulty-ws", "fixed-ws")
 

@@ -14,7 +14,7 @@ from uuid import uuid4
 from websockets.exceptions import InvalidURI, WebSocketException
 from websockets.sync.client import ClientConnection, connect
 
-from addons.samples.chat import SESSION_HEADER, AgentEndpoint, SampleClientError
+from sessiontap.samples.chat import SESSION_HEADER, AgentEndpoint, SampleClientError
 
 MAX_FRAME_BYTES = 16 * 1024 * 1024
 """The same frame limit as the ElevenLabs Python SDK."""

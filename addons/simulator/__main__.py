@@ -1,16 +1,16 @@
-"""Run the ElevenLabs simulator as a process: `python -m addons.simulator --port 0 --port-file P`."""
+"""Run the ElevenLabs simulator as a process: `python -m sessiontap.simulator --port 0 --port-file P`."""
 
 from __future__ import annotations
 
 import argparse
 
-from addons.simulator.server import Faults, serve
+from sessiontap.simulator.server import Faults, serve
 
 
 def main(argv: list[str] | None = None) -> None:
     """Parse the command line and serve until interrupted."""
     parser = argparse.ArgumentParser(
-        prog="python -m addons.simulator", description="Run the ElevenLabs simulator."
+        prog="python -m sessiontap.simulator", description="Run the ElevenLabs simulator."
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=0, help="port to bind; 0 picks a free one")

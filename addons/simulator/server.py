@@ -48,8 +48,8 @@ from urllib.parse import quote, urlencode
 
 from aiohttp import WSMsgType, web
 
-from addons.background import CLOSE_TIMEOUT, LoopbackServer, running_in_thread
-from addons.simulator import agent
+from sessiontap.app.background import CLOSE_TIMEOUT, LoopbackServer, running_in_thread
+from sessiontap.simulator import agent
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 DEFAULT_TURNS_LIMIT = 10

@@ -1,0 +1,111 @@
+"""Captures: reading a flow file (ours or plain mitmdump's) into core records, and analysing it offline."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import parse_qsl, urlsplit
+
+from mitmproxy import http, io
+from mitmproxy.exceptions import FlowReadException
+
+from sessiontap.audio import AUDIO_KEY
+from sessiontap.bridge import adapt
+from sessiontap.core.analysis import Analysis, Closing, analyse
+from sessiontap.core.decode import decode_exchange, decode_websocket
+from sessiontap.core.errors import CaptureError
+from sessiontap.core.model import Call, FlowRecord, Note
+from sessiontap.core.redact import Redactor
+from sessiontap.core.rules import Settings
+
+CAPTURE_FILE = "flows.mitm"
+
+
+@dataclass(slots=True)
+class Capture:
+    """The flows of a capture, and a warning when its tail was unreadable (a killed recording)."""
+
+    flows: list[http.HTTPFlow] = field(default_factory=list)
+    warning: str | None = None
+
+
+def capture_path(path: Path) -> Path:
+    """The flow file for a path that names either the file or a record output directory."""
+    if path.is_dir():
+        path = path / CAPTURE_FILE
+    if not path.exists():
+        raise CaptureError(f"{path}: no such capture")
+    return path
+
+
+def read_capture(path: Path) -> Capture:
+    """Every readable HTTP flow of a capture; a torn tail gives a warning, not an error."""
+    path = capture_path(path)
+    out = Capture()
+    try:
+        with open(path, "rb") as f:
+            for flow in io.FlowReader(f).stream():
+                if isinstance(flow, http.HTTPFlow):
+                    out.flows.append(flow)
+    except FlowReadException as e:
+        if not out.flows:
+            raise CaptureError(f"{path}: not a mitmproxy flow file ({e})") from e
+        out.warning = f"{path}: read {len(out.flows)} flows, the rest is unreadable ({e})"
+    except OSError as e:
+        raise CaptureError(f"{path}: cannot read: {e.strerror or e}") from e
+    return out
+
+
+def analyse_flows(flows: list[http.HTTPFlow], settings: Settings | None = None,
+                  session_header: str = "x-session-id", session_field: str = "") -> Analysis:
+    """The analysis of recorded flows (the offline twin of the live addons)."""
+    calls: list[Call] = []
+    notes: list[Note] = []
+    closings: list[Closing] = []
+    first: dict[str, str] = {}
+    for flow in flows:
+        if flow.websocket is not None:
+            ws = flow.websocket
+            found = decode_websocket(
+                flow.id, flow.request.url, adapt.request_headers(flow), flow.request.timestamp_start,
+                (adapt.ws_message(m) for m in ws.messages), ws.close_code, ws.timestamp_end,
+                adapt.client_addr(flow, with_port=False), session_header)
+            key = found.calls[0].server_conversation if found.calls else flow.id
+            closings.append(Closing(key, flow.id, ws.close_code, ws.closed_by_client,
+                                    ws.timestamp_end or flow.request.timestamp_start))
+        else:
+            found = decode_exchange(adapt.exchange(flow), session_header, session_field)
+            if flow.error and found.calls:
+                found.notes.append(Note(flow.id, "upstream-error", flow.error.msg))
+        calls += found.calls
+        notes += found.notes
+        first.update(found.first_messages)
+    return analyse(calls, notes, first, closings, settings)
+
+
+def flow_records(flows: list[http.HTTPFlow], redactor: Redactor | None = None) -> dict[str, FlowRecord]:
+    """Each flow as a redacted record for the report, by flow id (plain mitmdump captures hold secrets)."""
+    red = redactor or Redactor()
+    out: dict[str, FlowRecord] = {}
+    for flow in flows:
+        ex = adapt.exchange(flow)
+        ex.url = red.url(ex.url)
+        ex.query = dict(parse_qsl(urlsplit(ex.url).query, keep_blank_values=True))  # as redacted
+        ex.request_headers = red.headers_(ex.request_headers)
+        ex.response_headers = red.headers_(ex.response_headers)
+        ex.request_body = red.body(ex.request_body) or b""
+        ex.response_body = red.body(ex.response_body) if ex.response_body is not None else None
+        ex.error = red.text(ex.error) if ex.error else None
+        rec = FlowRecord(ex)
+        if flow.websocket is not None:
+            for m in flow.websocket.messages:
+                msg = adapt.ws_message(m)
+                if msg.text is not None:  # JSON-aware: secret__ variables and tokens inside frames too
+                    msg.text = (red.body(msg.text.encode("utf-8")) or b"").decode("utf-8", "replace")
+                rec.messages.append(msg)
+            rec.close_code = flow.websocket.close_code
+        audio = flow.metadata.get(AUDIO_KEY)
+        if isinstance(audio, dict):
+            rec.audio = {k: int(v) for k, v in audio.items() if isinstance(v, int)}
+        out[flow.id] = rec
+    return out

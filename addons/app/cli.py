@@ -1,0 +1,483 @@
+"""Command line entry point: the `sessiontap` verbs, mapping flags to the core and the runner."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from sessiontap.app.config import load_config, validate
+from sessiontap.core.errors import SessiontapError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
+    from mitmproxy.http import HTTPFlow
+
+    from sessiontap.app.capture import Capture
+    from sessiontap.app.runner import RecordResult
+    from sessiontap.core.analysis import Analysis
+    from sessiontap.replay.compare import Behaviour
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
+
+
+def default_out() -> str:
+    """A fresh output directory under ./sessiontap-out, named for the time of the run."""
+    return str(Path("sessiontap-out") / time.strftime("%Y%m%d-%H%M%S"))
+
+
+def settings_from(config: Path | None, flags: dict[str, Any]) -> dict[str, Any]:
+    """mitm.yaml's settings with the flags that were given laid over them (flags win)."""
+    settings = load_config(config)
+    given = {k: v for k, v in flags.items() if v is not None}
+    settings.update(validate(given, "command line"))
+    return settings
+
+
+@click.group(context_settings=CONTEXT_SETTINGS)
+@click.version_option(package_name="sessiontap")
+def main() -> None:
+    """sessiontap: see whether an agent conversation really continues.
+
+    Record a client's ElevenLabs traffic through a proxy, tag every call with its session,
+    and find where the conversation silently starts over.
+    """
+
+
+@main.command(
+    context_settings={**CONTEXT_SETTINGS, "ignore_unknown_options": True},
+    epilog="\b\nExample:\n  sessiontap record --out out -- python my_client.py",
+)
+@click.option("--config", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Settings file (default: ./mitm.yaml when present). Flags override it.")
+@click.option("--mode", type=click.Choice(["regular", "reverse"]),
+              help="regular: the client gets HTTPS_PROXY and sessiontap's CA [default]; "
+                   "reverse: the client gets ELEVENLABS_BASE_URL pointing at the proxy.")
+@click.option("--upstream", metavar="URL",
+              help="Where ElevenLabs traffic goes [default: https://api.elevenlabs.io].")
+@click.option("--listen-host", metavar="HOST", help="Address to listen on [default: 127.0.0.1].")
+@click.option("--listen-port", type=int, metavar="PORT", help="Port to listen on [default: a free port].")
+@click.option("--out", metavar="DIR", help="Output directory [default: sessiontap-out/<time>].")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+def record(config: Path | None, mode: str | None, upstream: str | None, listen_host: str | None,
+           listen_port: int | None, out: str | None, command: tuple[str, ...]) -> None:
+    """Record a client's ElevenLabs traffic, tagged by session.
+
+    With a command after `--`, run it with the proxy already set in its environment, stop
+    when it exits and exit with its exit code. Without one, print how to point a client at
+    the proxy and record until Ctrl-C.
+    """
+    from sessiontap.app.runner import run_record
+
+    try:
+        settings = settings_from(config, {
+            "sessiontap_mode": mode, "sessiontap_upstream": upstream,
+            "sessiontap_listen_host": listen_host, "sessiontap_listen_port": listen_port,
+            "sessiontap_out": out,
+        })
+        settings.setdefault("sessiontap_out", default_out())
+        result = run_record(settings, list(command), announce=lambda s: click.echo(s, err=True))
+    except SessiontapError as e:
+        raise click.ClickException(str(e)) from e
+    _finish(result, settings)
+
+
+@main.command(context_settings=CONTEXT_SETTINGS,
+              epilog="\b\nExample:\n  sessiontap simulate --port 8089")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=0, type=int, help="Port to listen on [default: a free port].")
+@click.option("--api-key", metavar="KEY", help="Accept only this xi-api-key (default: any non-empty key).")
+@click.option("--latency", type=float, default=0.0, help="Seconds to wait before each answer.")
+@click.option("--fail-status", type=int, help="Answer every HTTP request with this status.")
+@click.option("--ws-close-code", type=int, help="Close sockets with this code (1006: abort) after each user message.")
+def simulate(host: str, port: int, api_key: str | None, latency: float, fail_status: int | None,
+             ws_close_code: int | None) -> None:
+    """Run the built-in ElevenLabs simulator (HTTP and WebSocket) on loopback.
+
+    It serves the ElevenLabs conversational endpoints with a deterministic customs
+    classification agent that remembers only what the protocol carries.
+    """
+    from sessiontap.simulator.server import Faults, serve
+
+    faults = Faults(latency=latency, status=fail_status, ws_close_code=ws_close_code)
+    try:
+        serve(host, port, api_key=api_key, faults=faults)
+    except OSError as e:
+        raise click.ClickException(f"cannot listen on {host}:{port}: {e.strerror or e}") from e
+
+
+@main.command(context_settings=CONTEXT_SETTINGS, epilog="\b\nExample:\n  sessiontap demo --out demo-out")
+@click.option("--out", metavar="DIR", help="Output directory [default: sessiontap-out/demo-<time>].")
+@click.option("--mode", type=click.Choice(["regular", "reverse"]), default="regular", show_default=True,
+              help="How the sample clients reach the proxy.")
+def demo(out: str | None, mode: str) -> None:
+    """Record the four sample clients against the built-in simulator.
+
+    Starts the ElevenLabs simulator on loopback, runs the faulty and the fixed
+    ProperDurinClient replicas (HTTP and WebSocket) through the proxy, and prints what
+    was recorded. Needs no account and no network.
+    """
+    import sys
+
+    from sessiontap.app.runner import run_record
+    from sessiontap.simulator.server import running_simulator
+
+    out = out or str(Path("sessiontap-out") / time.strftime("demo-%Y%m%d-%H%M%S"))
+    with running_simulator() as sim:
+        click.echo(f"sessiontap: simulator on {sim.url}", err=True)
+        settings = {"sessiontap_mode": mode, "sessiontap_upstream": sim.url, "sessiontap_out": out}
+        command = [sys.executable, "-m", "sessiontap.samples", "all"]
+        try:
+            result = run_record(settings, command, announce=lambda s: click.echo(s, err=True))
+        except SessiontapError as e:
+            raise click.ClickException(str(e)) from e
+    _finish(result, settings)
+
+
+def _write_report(analysis: Analysis, capture: Path, out: Path, config_settings: dict[str, Any],
+                  only_session: str | None = None, cap: Capture | None = None) -> Path:
+    """Write report.html for an analysis, its wire details from the capture (read unless given); print where."""
+    from sessiontap.app.capture import flow_records, read_capture
+    from sessiontap.findings import version
+    from sessiontap.reports.html import write_report
+    from sessiontap.reports.view import Meta
+
+    records = flow_records((cap or read_capture(capture)).flows)
+    meta = Meta(str(capture), version(), max_context_tokens=config_settings.get("sessiontap_max_context_tokens", 8000))
+    path = write_report(analysis, records, meta, out, only_session)
+    click.echo(f"sessiontap: report written to {path}", err=True)
+    click.echo(f"sessiontap: open {path.resolve().as_uri()}", err=True)
+    return path
+
+
+def _finish(result: RecordResult, settings: dict[str, Any]) -> None:
+    """Write the report, print the end-of-run summary and exit with the run's code."""
+    click.echo(f"sessiontap: {result.verdict}", err=True)
+    click.echo(f"sessiontap: written to {result.out}", err=True)
+    if result.analysis is not None and result.out:
+        try:
+            _write_report(result.analysis, Path(result.out), Path(result.out), settings)
+        except (SessiontapError, OSError) as e:
+            click.echo(f"sessiontap: error: could not write the report: {e}", err=True)
+            result.exit_code = result.exit_code or 1
+    if result.journal_error:
+        click.echo(f"sessiontap: error: {result.journal_error}", err=True)
+        raise SystemExit(result.exit_code or 1)
+    raise SystemExit(result.exit_code)
+
+
+def _analyser(config: Path | None) -> Callable[[list[HTTPFlow]], Analysis]:
+    """The offline analysis with mitm.yaml's thresholds and session settings."""
+    from sessiontap.app.capture import analyse_flows
+    from sessiontap.core.rules import Settings
+
+    settings = load_config(config)
+    thresholds = Settings(settings.get("sessiontap_max_context_tokens", 8000),
+                          settings.get("sessiontap_opening_similarity", 0.85),
+                          settings.get("sessiontap_session_gap", 600.0))
+    header = settings.get("sessiontap_session_header", "x-session-id")
+    body_field = settings.get("sessiontap_session_field", "")
+    return lambda flows: analyse_flows(flows, thresholds, header, body_field)
+
+
+def _analyse(capture: Path, config: Path | None) -> tuple[Analysis, Capture]:
+    """Read and analyse a capture with mitm.yaml's thresholds; warnings go to stderr."""
+    from sessiontap.app.capture import read_capture
+
+    cap = read_capture(capture)
+    if cap.warning:
+        click.echo(f"sessiontap: warning: {cap.warning}", err=True)
+    return _analyser(config)(cap.flows), cap
+
+
+CAPTURE_ARG = click.argument("capture", type=click.Path(exists=True, path_type=Path))
+CONFIG_OPT = click.option("--config", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                          help="Settings file (default: ./mitm.yaml when present).")
+
+
+@main.command(context_settings=CONTEXT_SETTINGS,
+              epilog="\b\nExit codes:\n  0  no error finding\n  1  an error finding exists\n"
+                     "  2  usage error, or the capture cannot be read\n\b\nExample:\n"
+                     "  sessiontap check sessiontap-out/demo/flows.mitm")
+@CAPTURE_ARG
+@CONFIG_OPT
+def check(capture: Path, config: Path | None) -> None:
+    """Analyse a capture and exit 1 when it has an error finding (a CI gate).
+
+    CAPTURE is a flow file (flows.mitm, or any mitmdump capture) or a record output directory.
+    """
+    try:
+        analysis, _ = _analyse(capture, config)
+    except SessiontapError as e:
+        click.echo(f"Error: {e}", err=True)
+        raise SystemExit(2) from e
+    click.echo(analysis.verdict())
+    for f in analysis.findings:
+        if f.severity == "error":
+            click.echo(f"  {f.severity}: [{f.rule}] {f.session}: {f.message}")
+    raise SystemExit(1 if analysis.has_errors else 0)
+
+
+@main.command(context_settings=CONTEXT_SETTINGS,
+              epilog="\b\nExample:\n  sessiontap report old.mitm --out old-report")
+@CAPTURE_ARG
+@CONFIG_OPT
+@click.option("--out", metavar="DIR", help="Output directory [default: the capture's directory].")
+@click.option("--session", "only_session", metavar="ID",
+              help="Show only this session in report.html, in full (for captures too big to show whole).")
+def report(capture: Path, config: Path | None, out: str | None, only_session: str | None) -> None:
+    """Re-analyse a capture and write findings.json and report.html for it.
+
+    CAPTURE is a flow file (flows.mitm, or any mitmdump capture) or a record output directory.
+    """
+    from sessiontap.findings import write_findings
+
+    target = Path(out) if out else (capture if capture.is_dir() else capture.parent)
+    try:
+        analysis, cap = _analyse(capture, config)
+        if only_session is not None and only_session not in {s.id for s in analysis.sessions}:
+            known = ", ".join(s.id for s in analysis.sessions[:10]) or "none"
+            raise click.BadParameter(f"no session {only_session!r} in {capture} (sessions: {known})",
+                                     param_hint="--session")
+        target.mkdir(parents=True, exist_ok=True)
+        path = write_findings(analysis, target)
+        click.echo(f"sessiontap: {analysis.verdict()}", err=True)
+        click.echo(f"sessiontap: findings written to {path}", err=True)
+        _write_report(analysis, capture, target, load_config(config), only_session, cap)
+    except SessiontapError as e:
+        raise click.ClickException(str(e)) from e
+    except OSError as e:
+        raise click.ClickException(f"cannot write to {target}: {e.strerror or e}") from e
+
+
+@main.command(context_settings=CONTEXT_SETTINGS,
+              epilog="\b\nExample:\n  sessiontap export sessiontap-out/demo --har demo.har")
+@CAPTURE_ARG
+@click.option("--har", "har_path", required=True, metavar="FILE",
+              type=click.Path(dir_okay=False, writable=True, path_type=Path),
+              help="Where to write the HAR (a .zhar name writes it compressed).")
+def export(capture: Path, har_path: Path) -> None:
+    """Export a capture as HAR 1.2, WebSocket messages included, secrets redacted.
+
+    CAPTURE is a flow file (flows.mitm, or any mitmdump capture) or a record output directory.
+    The WebSocket messages are in the `_webSocketMessages` form that Chrome DevTools and HTTP
+    Toolkit read.
+    """
+    from sessiontap.app.capture import read_capture
+    from sessiontap.app.har import export_har
+
+    try:
+        cap = read_capture(capture)
+        if cap.warning:
+            click.echo(f"sessiontap: warning: {cap.warning}", err=True)
+        har = export_har(cap.flows, har_path)
+    except SessiontapError as e:
+        raise click.ClickException(str(e)) from e
+    entries = har["log"]["entries"]
+    sockets = sum(1 for e in entries if e.get("_resourceType") == "websocket")
+    click.echo(f"sessiontap: {len(entries)} entries ({sockets} WebSocket) written to {har_path}", err=True)
+
+
+REPLAY_IGNORE = ("user_id",)  # clients make a fresh user id each run; it names the session, not the content
+
+
+@main.command(context_settings={**CONTEXT_SETTINGS, "ignore_unknown_options": True},
+              epilog="\b\nExamples:\n  sessiontap replay sessiontap-out/demo --out replayed -- python my_client.py\n"
+                     "  sessiontap replay --client sessiontap-out/demo --vary-context full,none\n"
+                     "  sessiontap replay --client sessiontap-out/demo --live --vary-context all")
+@CAPTURE_ARG
+@CONFIG_OPT
+@click.option("--out", metavar="DIR", help="Output directory for the replay's captures and reports "
+                                           "[default: sessiontap-out/replay-<time>].")
+@click.option("--mode", type=click.Choice(["regular", "reverse"]),
+              help="Server replay: how the client reaches the proxy, as for record [default: regular].")
+@click.option("--ignore", multiple=True, metavar="PATH",
+              help="Server replay: a JSON path that may differ when matching (repeatable; e.g. "
+                   "simulation_specification.extra_body.*). time_in_call_secs, event ids, timestamps "
+                   "and user_id are always ignored.")
+@click.option("--match-on", metavar="NAMES", help="Server replay: matchers to use, comma-separated "
+                                                  "[default: method,endpoint,query,user_message,context,body].")
+@click.option("--client", "client_replay", is_flag=True,
+              help="Client replay: re-send the capture's conversations to an upstream (the built-in "
+                   "simulator unless --to or --live) and set the replies beside the recorded ones.")
+@click.option("--to", "to_url", metavar="URL",
+              help="Client replay: the upstream to send to (a server on this machine; another host needs --live).")
+@click.option("--live", is_flag=True,
+              help="Client replay: send to the real ElevenLabs API (https://api.elevenlabs.io unless --to) "
+                   "with ELEVENLABS_API_KEY from the environment. Spends API credit.")
+@click.option("--vary-context", metavar="MODES",
+              help="Client replay: rewrite each call's context as full, transcript, structured, summary "
+                   "or none (comma-separated, or all; each is replayed in turn) [default: as recorded].")
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
+              help="Client replay: seconds to wait for each reply.")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+def replay(capture: Path, config: Path | None, out: str | None, mode: str | None, ignore: tuple[str, ...],
+           match_on: str | None, client_replay: bool, to_url: str | None, live: bool, vary_context: str | None,
+           timeout: float, command: tuple[str, ...]) -> None:
+    """Replay a capture: serve it to a client offline, or (--client) re-send it to an upstream.
+
+    CAPTURE is a flow file (flows.mitm, or any mitmdump capture) or a record output directory.
+
+    \b
+    Server replay (a client command after --): each HTTP call is answered from
+    the capture (JSON-aware matching) and each WebSocket conversation is replayed
+    turn by turn; nothing leaves this machine. A request the capture does not
+    hold gets HTTP 501 (a WebSocket message: close code 4000) and a replay-miss
+    finding naming the nearest recorded call. The replay is recorded like a live
+    run, so a fixed client replayed against a faulty client's capture shows.
+
+    \b
+    Client replay (--client): the recorded conversations are sent again, call by
+    call, each reply awaited, through the recording proxy: as recorded, or with
+    each call's context rewritten (--vary-context). Each run gets its own capture
+    and report in OUT/<variant>, and OUT/behaviour.html sets the recorded and the
+    replayed replies side by side and says where continuity changed.
+    """
+    if client_replay:
+        wrong = [name for name, value in (("--mode", mode), ("--match-on", match_on), ("--ignore", ignore))
+                 if value]
+        if wrong or command:
+            raise click.UsageError(f"{', '.join(wrong) or 'a client command'} is for server replay, not --client")
+        _client_replay(capture, config, out, to_url, live, vary_context, timeout)
+    wrong = [name for name, value in (("--to", to_url), ("--live", live), ("--vary-context", vary_context))
+             if value]
+    if wrong:
+        raise click.UsageError(f"{', '.join(wrong)} needs --client")
+    _server_replay(capture, config, out, mode, ignore, match_on, command)
+
+
+def _replay_out(out: str | None) -> str:
+    return out or str(Path("sessiontap-out") / time.strftime("replay-%Y%m%d-%H%M%S"))
+
+
+def _server_replay(capture: Path, config: Path | None, out: str | None, mode: str | None, ignore: tuple[str, ...],
+                   match_on: str | None, command: tuple[str, ...]) -> None:
+    """Run a client command against the capture (offline), recorded and analysed."""
+    from sessiontap.app.runner import run_record
+    from sessiontap.replay.match import DEFAULT_MATCH_ON, parse_ignore, parse_match_on
+    from sessiontap.replay.server import running_replay
+
+    if not command:
+        raise click.UsageError("give the client command after --, e.g. -- python my_client.py "
+                               "(or --client to re-send the recorded calls instead)")
+    try:
+        paths = parse_ignore((*REPLAY_IGNORE, *ignore))
+        matchers = parse_match_on(match_on) if match_on else DEFAULT_MATCH_ON
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from e
+    try:
+        with running_replay(capture, match_on=matchers, ignore=paths) as server:
+            click.echo(f"sessiontap: replaying {capture} from {server.url} (offline)", err=True)
+            settings = settings_from(config, {"sessiontap_mode": mode, "sessiontap_upstream": server.url,
+                                              "sessiontap_out": _replay_out(out)})
+            result = run_record(settings, list(command), announce=lambda s: click.echo(s, err=True))
+            misses = list(server.misses)
+    except SessiontapError as e:
+        raise click.ClickException(str(e)) from e
+    if misses and result.analysis is not None:
+        from sessiontap.app.capture import read_capture
+        from sessiontap.findings import write_findings
+        from sessiontap.replay.server import miss_findings
+
+        try:
+            flows = read_capture(Path(result.out)).flows
+        except SessiontapError:
+            flows = []  # the findings still name the recorded flow nearest to each miss
+        result.analysis.add_findings(miss_findings(misses, flows, result.analysis.calls))
+        result.verdict = result.analysis.verdict()
+        write_findings(result.analysis, Path(result.out))
+        for m in misses:
+            click.echo(f"sessiontap: replay-miss: {m.message}", err=True)
+    _finish(result, settings)
+
+
+def replay_upstream(to_url: str | None, live: bool, environ: Mapping[str, str] | None = None) -> str | None:
+    """Where a client replay sends (None: the built-in simulator); a UsageError before anything is sent."""
+    import ipaddress
+    import os
+
+    from sessiontap.router import DEFAULT_UPSTREAM, parse_upstream
+
+    env = os.environ if environ is None else environ
+    if live and not env.get("ELEVENLABS_API_KEY"):
+        raise click.UsageError("--live sends to the real ElevenLabs API and needs ELEVENLABS_API_KEY in the "
+                               "environment (a capture never holds the key)")
+    if to_url is None:
+        return DEFAULT_UPSTREAM if live else None
+    try:
+        _, host, _ = parse_upstream(to_url)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--to") from e
+    try:
+        local = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        local = False
+    if not live and not local:
+        raise click.UsageError(f"--to {to_url} is not on this machine; add --live to send the recorded "
+                               "conversations there (with ELEVENLABS_API_KEY)")
+    return to_url
+
+
+def _client_replay(capture: Path, config: Path | None, out: str | None, to_url: str | None, live: bool,
+                   vary_context: str | None, timeout: float) -> None:
+    """Re-send the capture's conversations once per variant, then write the side-by-side behaviour report."""
+    from sessiontap.app.capture import flow_records
+    from sessiontap.replay.client import build_plan, run_variants
+    from sessiontap.replay.compare import compare
+    from sessiontap.replay.vary import AS_RECORDED, parse_modes
+
+    try:
+        variants = parse_modes(vary_context) if vary_context else [AS_RECORDED]
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--vary-context") from e
+    upstream = replay_upstream(to_url, live)
+    target = Path(_replay_out(out))
+    try:
+        analysis, cap = _analyse(capture, config)
+        settings = settings_from(config, {})
+        plan = build_plan(flow_records(cap.flows), analysis, str(capture),
+                          settings.get("sessiontap_session_header", "x-session-id"))
+        if not plan["flows"]:
+            raise SessiontapError(f"{capture} holds no ElevenLabs agents call to re-send")
+        if variants != [AS_RECORDED] and not plan["sessions"]:
+            raise SessiontapError(f"{capture} holds no conversation with a user message: there is no context to vary")
+        runs = run_variants(plan, target, variants, upstream, settings, _analyser(config), timeout,
+                            announce=lambda s: click.echo(s, err=True), live=live)
+    except SessiontapError as e:
+        raise click.ClickException(str(e)) from e
+    code = 0
+    for run in runs:
+        code = max(code, run.result.exit_code)
+        if run.analysis is None:
+            click.echo(f"sessiontap: error: the {run.variant} replay recorded nothing readable", err=True)
+            code = max(code, 1)
+            continue
+        click.echo(f"sessiontap: {run.variant}: {run.analysis.verdict()}", err=True)
+        _write_report(run.analysis, run.out, run.out, settings)
+    behaviour = compare(analysis, {r.variant: (r.analysis, r.tags.get) for r in runs if r.analysis is not None})
+    _write_behaviour(behaviour, capture, target)
+    raise SystemExit(code)
+
+
+def _write_behaviour(behaviour: Behaviour, capture: Path, out: Path) -> None:
+    """Write behaviour.json and behaviour.html, and print whether each session continues in each run."""
+    import json
+
+    from sessiontap.findings import version
+    from sessiontap.reports.html import write_behaviour
+
+    path = out / "behaviour.json"
+    path.write_text(json.dumps(behaviour.to_json(), indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    names = ["original", *behaviour.variants]
+    width = max([len(s.id) for s in behaviour.sessions] + [len("session")])
+    click.echo("sessiontap: does the conversation continue? (* = changed from the original)", err=True)
+    click.echo("  " + "session".ljust(width) + "".join(f"  {n:<16}" for n in names), err=True)
+    for s in behaviour.sessions:
+        cells = [s.original.label] + [s.replayed[v].label + (" *" if s.changed(v) else "") for v in behaviour.variants]
+        click.echo("  " + s.id.ljust(width) + "".join(f"  {c:<16}" for c in cells), err=True)
+    page = write_behaviour(behaviour, str(capture), version(), out)
+    click.echo(f"sessiontap: behaviour written to {path} and {page}", err=True)
+    click.echo(f"sessiontap: open {page.resolve().as_uri()}", err=True)

@@ -1,0 +1,243 @@
+"""Running the recording proxy in-process: mitmproxy with sessiontap's chain, and the client under it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import certifi
+from mitmproxy import exceptions, options
+from mitmproxy.addons import default_addons
+from mitmproxy.master import Master
+
+from sessiontap.core.analysis import Analysis
+from sessiontap.core.errors import SessiontapError
+from sessiontap.core.redact import Redactor
+from sessiontap.router import DEFAULT_UPSTREAM, ELEVENLABS_HOSTS, parse_upstream
+from sessiontap.sessiontap import chain
+
+CA_CERT = "mitmproxy-ca-cert.pem"
+BUNDLE = "ca-bundle.pem"
+CHILD_GRACE_SECONDS = 10.0
+
+
+def confdir() -> Path:
+    """Where sessiontap keeps its own mitmproxy CA: $SESSIONTAP_HOME or ~/.config/sessiontap."""
+    env = os.environ.get("SESSIONTAP_HOME")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "sessiontap"
+
+
+@dataclass
+class RecordResult:
+    """What a recording run ended with: the exit code, where it wrote, and the verdict line."""
+
+    exit_code: int
+    out: str = ""
+    journal_error: str | None = None
+    verdict: str = ""
+    analysis: Analysis | None = None
+
+
+def check_upstream(url: str, timeout: float = 3.0) -> None:
+    """Raise SessiontapError when an explicitly chosen upstream does not accept connections."""
+    _, host, port = parse_upstream(url)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            pass
+    except OSError as e:
+        raise SessiontapError(f"upstream {url} is not reachable ({e.strerror or e})") from e
+
+
+def ca_bundle(conf: Path) -> Path:
+    """A CA bundle of the usual roots plus sessiontap's CA, for clients in regular mode."""
+    ca = conf / CA_CERT
+    bundle = conf / BUNDLE
+    roots = Path(certifi.where()).read_text(encoding="ascii")
+    bundle.write_text(roots.rstrip("\n") + "\n" + ca.read_text(encoding="ascii"), encoding="ascii")
+    return bundle
+
+
+def child_env(mode: str, host: str, port: int, conf: Path, base: dict[str, str]) -> dict[str, str]:
+    """The client's environment: proxy and CA variables (regular) or the base URL (reverse)."""
+    env = dict(base)
+    if mode == "reverse":
+        env["ELEVENLABS_BASE_URL"] = f"http://{host}:{port}"
+        env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
+        return env
+    proxy = f"http://{host}:{port}"
+    for name in ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"):
+        env[name] = proxy
+    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+        env.pop(name, None)
+    bundle = str(ca_bundle(conf))
+    env.update(SSL_CERT_FILE=bundle, REQUESTS_CA_BUNDLE=bundle, CURL_CA_BUNDLE=bundle,
+               NODE_EXTRA_CA_CERTS=str(conf / CA_CERT))
+    return env
+
+
+def env_lines(mode: str, host: str, port: int, conf: Path) -> list[str]:
+    """The shell lines a user copies to point a client at a running proxy, for both modes."""
+    bundle = conf / BUNDLE
+    return [
+        "# regular mode (no change to the client):" + (" [active]" if mode == "regular" else ""),
+        f"export HTTPS_PROXY=http://{host}:{port} HTTP_PROXY=http://{host}:{port}",
+        f"export SSL_CERT_FILE={bundle} REQUESTS_CA_BUNDLE={bundle} NODE_EXTRA_CA_CERTS={conf / CA_CERT}",
+        "# reverse mode (point the client's base URL at the proxy):" + (" [active]" if mode == "reverse" else ""),
+        f"export ELEVENLABS_BASE_URL=http://{host}:{port}",
+    ]
+
+
+class _Ready:
+    """Signals when mitmproxy has bound its listeners."""
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+
+    def running(self) -> None:
+        self.event.set()
+
+
+class _RedactingHandler(logging.Handler):
+    """Prints warnings and errors to stderr with secret-looking text masked."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.redactor = Redactor()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with contextlib.suppress(Exception):  # logging must never break the proxy
+            sys.stderr.write(f"sessiontap: {self.redactor.text(record.getMessage())}\n")
+
+
+@contextlib.contextmanager
+def _logging() -> Any:
+    root = logging.getLogger()
+    handler = _RedactingHandler()
+    old_level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+
+
+def mitm_options(settings: dict[str, Any], conf: Path) -> dict[str, Any]:
+    """mitmproxy's own options for a sessiontap run (mode, listener, lazy upstream connections)."""
+    mode = settings.get("sessiontap_mode", "regular")
+    upstream = settings.get("sessiontap_upstream", DEFAULT_UPSTREAM)
+    opts: dict[str, Any] = {
+        "listen_host": settings.get("sessiontap_listen_host", "127.0.0.1"),
+        "listen_port": settings.get("sessiontap_listen_port", 0),
+        "mode": [f"reverse:{upstream}" if mode == "reverse" else "regular"],
+        "connection_strategy": "lazy",
+        "confdir": str(conf),
+    }
+    if mode == "regular":
+        opts["allow_hosts"] = [ELEVENLABS_HOSTS]
+    return opts
+
+
+async def _stop_child(proc: asyncio.subprocess.Process) -> int:
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), CHILD_GRACE_SECONDS)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+    return proc.returncode if proc.returncode is not None else 1
+
+
+async def record(settings: dict[str, Any], command: list[str],
+                 announce: Callable[[str], None] = print) -> RecordResult:
+    """Run the proxy (and the client command, if any) until it ends; return the exit code and counts."""
+    conf = confdir()
+    conf.mkdir(parents=True, exist_ok=True)
+    opts = options.Options()
+    master = Master(opts)
+    ours = chain()
+    ready = _Ready()
+    master.addons.add(ready, *ours.addons, *default_addons())
+    try:
+        master.options.update(**mitm_options(settings, conf))
+        master.options.update(**settings)
+    except (exceptions.OptionsError, KeyError, TypeError) as e:
+        raise SessiontapError(f"bad option: {e}") from e
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    task = asyncio.create_task(master.run())
+    waiter = asyncio.create_task(ready.event.wait())
+    await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    try:
+        addrs = master.addons.get("proxyserver").listen_addrs()
+        if not addrs:
+            host, port = master.options.listen_host, master.options.listen_port
+            raise SessiontapError(f"cannot listen on {host}:{port} (address in use or not available)")
+        host, port = str(addrs[0][0]), int(addrs[0][1])
+        mode = settings.get("sessiontap_mode", "regular")
+        out = settings.get("sessiontap_out", "")
+        code = 0
+        if command:
+            env = child_env(mode, host, port, conf, dict(os.environ))
+            announce(f"sessiontap: {mode} proxy on {host}:{port}, recording to {out or '(nowhere)'}")
+            try:
+                proc = await asyncio.create_subprocess_exec(*command, env=env)
+            except OSError as e:
+                raise SessiontapError(f"cannot run {command[0]!r}: {e.strerror or e}") from e
+            waited = asyncio.create_task(proc.wait())
+            stopper = asyncio.create_task(stop.wait())
+            await asyncio.wait({waited, stopper, task}, return_when=asyncio.FIRST_COMPLETED)
+            code = await _stop_child(proc)
+            stopper.cancel()
+        else:
+            if mode == "regular":
+                ca_bundle(conf)
+            announce(f"sessiontap: {mode} proxy listening on {host}:{port}, recording to {out or '(nowhere)'}")
+            announce("Point a client at it (copy one block), then press Ctrl-C to stop:")
+            for line in env_lines(mode, host, port, conf):
+                announce(line)
+            stopper = asyncio.create_task(stop.wait())
+            await asyncio.wait({stopper, task}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        master.shutdown()
+        with contextlib.suppress(Exception):
+            await task
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(sig)
+    analysis = ours.findings.analysis
+    verdict = analysis.verdict() if analysis else ""
+    return RecordResult(code, out, ours.journal.failed, verdict, analysis)
+
+
+def run_record(settings: dict[str, Any], command: list[str],
+               announce: Callable[[str], None] = print) -> RecordResult:
+    """Synchronous entry for the CLI: checks the upstream, then records until done."""
+    upstream = settings.get("sessiontap_upstream", DEFAULT_UPSTREAM)
+    try:
+        parse_upstream(upstream)
+    except ValueError as e:
+        raise SessiontapError(f"--upstream: {e}") from e
+    if upstream != DEFAULT_UPSTREAM:
+        check_upstream(upstream)
+    with _logging():
+        return asyncio.run(record(settings, command, announce))

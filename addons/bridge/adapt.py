@@ -1,0 +1,90 @@
+"""The only place that touches mitmproxy flows: flows to core records, and redacted flow copies."""
+
+from __future__ import annotations
+
+from mitmproxy import http
+
+from sessiontap.core.model import Exchange, WsMessage
+from sessiontap.core.redact import Redactor
+
+
+def _headers(h: http.Headers | None) -> dict[str, str]:
+    if h is None:
+        return {}
+    return {k.lower(): v for k, v in h.items(multi=False)}
+
+
+def client_addr(flow: http.HTTPFlow, with_port: bool) -> str:
+    """The client's address as "ip" or "ip:port" ("" when unknown)."""
+    peer = flow.client_conn.peername
+    if not peer:
+        return ""
+    return f"{peer[0]}:{peer[1]}" if with_port else str(peer[0])
+
+
+def exchange(flow: http.HTTPFlow) -> Exchange:
+    """The core record of an HTTP flow (request, and response or error when present)."""
+    req = flow.request
+    resp = flow.response
+    return Exchange(
+        flow_id=flow.id,
+        method=req.method,
+        url=req.url,
+        path=req.path.split("?", 1)[0],
+        query=dict(req.query.items(multi=False)),
+        request_headers=_headers(req.headers),
+        request_body=req.get_content(strict=False) or b"",
+        started=req.timestamp_start,
+        status=resp.status_code if resp else None,
+        response_headers=_headers(resp.headers) if resp else {},
+        response_body=(resp.get_content(strict=False) if resp and resp.raw_content is not None else None),
+        ended=(resp.timestamp_end if resp else None) or (flow.error.timestamp if flow.error else None),
+        error=flow.error.msg if flow.error else None,
+        client=client_addr(flow, with_port=True),
+    )
+
+
+def request_headers(flow: http.HTTPFlow) -> dict[str, str]:
+    """The request headers, lower-cased names."""
+    return _headers(flow.request.headers)
+
+
+def ws_message(msg: object) -> WsMessage:
+    """The core record of one mitmproxy WebSocket message."""
+    from mitmproxy.websocket import WebSocketMessage
+
+    assert isinstance(msg, WebSocketMessage)
+    text = msg.text if msg.is_text else None
+    return WsMessage(from_client=msg.from_client, timestamp=msg.timestamp, text=text, size=len(msg.content))
+
+
+def redacted_copy(flow: http.HTTPFlow, redactor: Redactor) -> http.HTTPFlow:
+    """An id-preserving deep copy of the flow with every secret removed; the live flow is untouched."""
+    f = http.HTTPFlow.from_state(flow.get_state())
+    assert isinstance(f, http.HTTPFlow)
+    f.request.url = redactor.url(f.request.url)
+    for name, value in redactor.headers_(dict(f.request.headers.items(multi=False))).items():
+        if f.request.headers.get(name) != value:
+            f.request.headers[name] = value
+    body = f.request.get_content(strict=False)
+    red = redactor.body(body)
+    if red != body:
+        f.request.content = red
+    if f.response is not None:
+        for name, value in redactor.headers_(dict(f.response.headers.items(multi=False))).items():
+            if f.response.headers.get(name) != value:
+                f.response.headers[name] = value
+        if f.response.raw_content is not None:
+            body = f.response.get_content(strict=False)
+            red = redactor.body(body)
+            if red != body:
+                f.response.content = red
+    if f.websocket is not None:
+        for m in f.websocket.messages:
+            if m.is_text:
+                red = redactor.body(m.content)
+                if red != m.content and red is not None:
+                    m.content = red
+    if f.error is not None:
+        f.error.msg = redactor.text(f.error.msg)
+    return f

@@ -1,0 +1,1 @@
+"""Tests for the mitmproxy addons (taddons/tflow, and mitmdump loading the chain)."""

@@ -1,0 +1,76 @@
+"""Addon-level tests: the chain under plain mitmdump, and the fail-open guard (taddons, tflow)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+from mitmproxy.test import taddons, tflow
+
+from sessiontap import tagger as tagger_module
+from sessiontap.journal import Journal
+from sessiontap.tagger import SessionTagger
+from tests.conftest import MITMDUMP, ROOT, clean_env, free_port, sample, wait_for_port
+
+
+def test_mitmdump_loads_the_chain_with_set_options(simulator, tmp_path, sessiontap_home):
+    port = free_port()
+    out = tmp_path / "out"
+    proc = subprocess.Popen([MITMDUMP, "-q", "-s", str(ROOT / "addons" / "sessiontap.py"), "--listen-host", "127.0.0.1",
+                             "-p", str(port), "--mode", f"reverse:{simulator.url}", "--set", "connection_strategy=lazy",
+                             "--set", f"sessiontap_out={out}", "--set", "sessiontap_session_header=x-session-id"],
+                            env=clean_env(sessiontap_home), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_for_port(port)
+        run = subprocess.run(sample("fixed-http") + ["--turns", "2"], capture_output=True, text=True, timeout=60,
+                             env=clean_env(sessiontap_home, ELEVENLABS_BASE_URL=f"http://127.0.0.1:{port}"))
+        assert run.returncode == 0, run.stderr
+    finally:
+        proc.terminate()
+        proc.wait(15)
+    lines = [json.loads(x) for x in (out / "journal.jsonl").read_text().splitlines()]
+    calls = [e for e in lines if e["event"] == "call"]
+    assert len(calls) == 2 and calls[0]["session"].startswith("durin-")
+    assert (out / "flows.mitm").stat().st_size > 0
+    assert (out / "findings.json").exists()
+
+
+def test_a_failing_hook_skips_nothing_and_becomes_a_note(tmp_path, monkeypatch):
+    def boom(*args, **kwargs):
+        raise RuntimeError("decoder exploded")
+
+    monkeypatch.setattr(tagger_module, "decode_exchange", boom)
+    tagger, journal = SessionTagger(), Journal()
+    with taddons.context(tagger, journal) as tctx:
+        tctx.configure(journal, sessiontap_out=str(tmp_path))
+        tagger.listeners = [journal]
+        flow = tflow.tflow(resp=True)
+        flow.request.path = "/v1/convai/agents/a/simulate-conversation"
+        tagger.request(flow)  # raises inside: must not propagate
+        tagger.response(flow)
+        journal.response(flow)  # the journal's own hook still runs and saves the flow
+        journal.done()
+    notes = [json.loads(x) for x in (tmp_path / "journal.jsonl").read_text().splitlines()]
+    assert any(n.get("kind") == "analysis-error" and "decoder exploded" in n["detail"] for n in notes)
+    assert (tmp_path / "flows.mitm").stat().st_size > 0
+
+
+def test_findings_mark_and_comment_the_flows_in_mitmweb():
+    from sessiontap.core.model import AGENT, HTTP, Call, Turn
+    from sessiontap.findings import Findings
+
+    findings = Findings()
+    with taddons.context(findings) as tctx:
+        tctx.configure(findings, sessiontap_max_context_tokens=10)
+        flows = [tflow.tflow(resp=True) for _ in range(2)]
+        for i, flow in enumerate(flows):
+            call = Call(id=f"c{i}", flow_id=flow.id, protocol=HTTP, endpoint="simulate", agent_id="ag",
+                        started=float(i), ended=i + 0.5, user_text="hello " * 20 if i else "hi",
+                        context=[Turn("user", "hello " * 20)] if i else [], reply=[Turn(AGENT, "Hi, I'm Durin.")],
+                        declared_session="S", server_conversation=flow.id, opening="Hi, I'm Durin.")
+            findings.on_call(call, flow)
+    assert not flows[0].marked and not flows[0].comment
+    assert flows[1].marked == ":x:"  # repeated-opening is an error
+    assert any(line.startswith("[repeated-opening] the agent answered with its opening line again")
+               for line in flows[1].comment.splitlines())
+    assert findings.analyzer.settings.max_context_tokens == 10  # the option reached the rules

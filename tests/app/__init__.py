@@ -1,0 +1,1 @@
+"""Tests for sessiontap.app: the CLI (through CliRunner), config, capture files and HAR export."""

@@ -1,0 +1,170 @@
+"""Tests for addons/core/decode.py: simulate and WebSocket decoding, context normalising."""
+
+import json
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sessiontap.core.decode import (
+    FORMAT_FLAT,
+    FORMAT_STRUCTURED,
+    FORMAT_SUMMARY,
+    FORMAT_TRANSCRIPT,
+    FORMAT_TURNS,
+    HISTORY_FIELD,
+    decode_exchange,
+    decode_websocket,
+    json_objects,
+    normalize_context,
+)
+from sessiontap.core.model import AGENT, CONTEXT, USER, Exchange, Turn, WsMessage
+
+PATH = "/v1/convai/agents/agent_x/simulate-conversation"
+
+
+def simulate(body: object, response: object | None = None, status: int = 200, headers=None) -> Exchange:
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return Exchange(
+        flow_id="f1", method="POST", url="http://h" + PATH, path=PATH, query={},
+        request_headers=headers or {"x-session-id": "s-1"}, request_body=raw, started=1.0,
+        status=status, response_body=json.dumps(response).encode() if response is not None else None, ended=2.0,
+    )
+
+
+def test_simulate_call_reads_history_reply_and_ignored_context():
+    body = {
+        "simulation_specification": {
+            "simulated_user_config": {"first_message": "ignored when history ends with user"},
+            "partial_conversation_history": [
+                {"role": "user", "message": "I need to classify shirts", "time_in_call_secs": 0},
+                {"role": "agent", "message": "Which origin?", "time_in_call_secs": 1},
+                {"role": "user", "message": "Vietnam", "time_in_call_secs": 2},
+            ],
+        },
+        "conversation_context": "User: a Agent: b",
+    }
+    resp = {"simulated_conversation": [{"role": "agent", "message": "Shirts from Vietnam", "time_in_call_secs": 3}]}
+    call = decode_exchange(simulate(body, resp)).calls[0]
+    assert call.agent_id == "agent_x"
+    assert call.declared_session == "s-1"
+    assert [t.role for t in call.context] == [USER, AGENT, USER]
+    assert call.user_text == "Vietnam"
+    assert call.reply_text == "Shirts from Vietnam"
+    assert call.context_field == HISTORY_FIELD
+    assert call.extra_context["conversation_context"] == [Turn(USER, "a"), Turn(AGENT, "b")]
+    assert call.context_formats["conversation_context"] == FORMAT_FLAT
+    assert call.opening is None
+
+
+def test_empty_history_reply_is_an_opening_and_user_text_from_first_message():
+    body = {"simulation_specification": {"simulated_user_config": {"first_message": "hi"},
+                                         "partial_conversation_history": []}}
+    resp = {"simulated_conversation": [{"role": "agent", "message": "Hello! I'm Durin", "time_in_call_secs": 0}]}
+    call = decode_exchange(simulate(body, resp)).calls[0]
+    assert call.context == []
+    assert call.user_text == "hi"
+    assert call.opening == "Hello! I'm Durin"
+
+
+def test_invalid_json_request_is_a_note_and_still_a_call():
+    found = decode_exchange(simulate(b"{not json", None, status=422))
+    assert len(found.calls) == 1
+    assert found.notes[0].kind == "request-body"
+
+
+def test_stream_body_ndjson_and_sse_both_decode():
+    lines = b'{"simulated_conversation":[{"role":"agent","message":"A","time_in_call_secs":0}]}\n{"analysis":{}}\n'
+    assert [o for o in json_objects(lines) if "analysis" in o] == [{"analysis": {}}]
+    sse = b'data: {"simulated_conversation":[{"role":"agent","message":"B","time_in_call_secs":0}]}\n\n'
+    ex = simulate({"simulation_specification": {}}, None)
+    ex.path = ex.path + "/stream"
+    ex.response_body = sse
+    call = decode_exchange(ex).calls[0]
+    assert call.endpoint == "simulate-stream"
+    assert call.reply_text == "B"
+
+
+def test_get_agent_yields_first_message():
+    ex = Exchange(flow_id="g", method="GET", url="", path="/v1/convai/agents/ag1", query={}, request_headers={},
+                  request_body=b"", started=0, status=200,
+                  response_body=json.dumps({"conversation_config": {"agent": {"first_message": "Hi!"}}}).encode())
+    assert decode_exchange(ex).first_messages == {"ag1": "Hi!"}
+
+
+def test_other_endpoints_yield_nothing():
+    ex = Exchange(flow_id="g", method="GET", url="", path="/v1/voices", query={}, request_headers={},
+                  request_body=b"", started=0, status=200, response_body=b"[]")
+    found = decode_exchange(ex)
+    assert found.calls == [] and found.notes == []
+
+
+def ws(from_client: bool, obj: object, t: float) -> WsMessage:
+    text = json.dumps(obj)
+    return WsMessage(from_client, t, text, len(text))
+
+
+def test_websocket_turns_become_calls_with_transcript_context():
+    msgs = [
+        ws(True, {"type": "conversation_initiation_client_data", "user_id": "u1"}, 1),
+        ws(False, {"type": "conversation_initiation_metadata",
+                   "conversation_initiation_metadata_event": {"conversation_id": "conv_1"}}, 2),
+        ws(False, {"type": "agent_response", "agent_response_event": {"agent_response": "Hello!"}}, 3),
+        ws(True, {"type": "user_message", "text": "shirts"}, 4),
+        ws(False, {"type": "agent_chat_response_part", "text_response_part": {"text": "x", "type": "delta"}}, 5),
+        ws(False, {"type": "agent_response", "agent_response_event": {"agent_response": "Shirts noted"}}, 6),
+        ws(True, {"type": "contextual_update", "text": "officer is J"}, 7),
+        ws(True, {"user_audio_chunk": "AAAA"}, 7.5),
+        ws(True, {"type": "user_message", "text": "from Vietnam"}, 8),
+        ws(False, {"type": "agent_response", "agent_response_event": {"agent_response": "Vietnam noted"}}, 9),
+        WsMessage(True, 10, None, 12),
+        WsMessage(True, 10, "{oops", 5),
+        ws(False, {"type": "brand_new_event"}, 11),
+    ]
+    found = decode_websocket("w1", "ws://h/v1/convai/conversation?agent_id=ag", {"x-session-id": "S"}, 0.5,
+                             msgs, 1000, 12)
+    a, b = found.calls
+    assert (a.user_text, a.reply_text, a.opening) == ("shirts", "Shirts noted", "Hello!")
+    assert a.context == [Turn(AGENT, "Hello!", 2.5)]
+    assert a.conversation_id == "conv_1" and a.user_id == "u1" and a.declared_session == "S"
+    assert a.agent_id == "ag"
+    assert b.opening is None
+    assert [t.role for t in b.context] == [AGENT, USER, AGENT, CONTEXT]
+    assert {n.kind for n in found.notes} == {"binary-frame", "invalid-json", "unknown-message-type"}
+
+
+def test_websocket_unanswered_user_message_is_closed_as_a_call_without_reply():
+    msgs = [ws(True, {"type": "conversation_initiation_client_data"}, 1), ws(True, {"type": "user_message",
+                                                                                  "text": "hi"}, 2)]
+    found = decode_websocket("w", "ws://h/v1/convai/conversation", {}, 0, msgs, 1011, 3)
+    assert found.calls[0].reply == [] and found.calls[0].close_code == 1011
+
+
+def test_normalize_context_formats():
+    assert normalize_context("User: hi\nAgent: hello")[1] == FORMAT_TRANSCRIPT
+    assert normalize_context("User: hi Agent: hello")[1] == FORMAT_FLAT
+    turns, fmt = normalize_context({"conversation_history": [{"role": "user", "content": "hi"}]})
+    assert (turns, fmt) == ([Turn(USER, "hi")], FORMAT_STRUCTURED)
+    assert normalize_context([{"role": "assistant", "message": "yo"}]) == ([Turn(AGENT, "yo")], FORMAT_TURNS)
+    turns, fmt = normalize_context("Previous context: user asked about shirts")
+    assert fmt == FORMAT_SUMMARY and turns[0].role == CONTEXT
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda children: st.lists(children) | st.dictionaries(st.text(), children),
+    max_leaves=20,
+)
+
+
+@given(json_values)
+def test_normalize_context_never_raises_on_any_json(value):
+    turns, fmt = normalize_context(value)
+    assert isinstance(turns, list) and isinstance(fmt, str)
+
+
+@given(st.lists(st.tuples(st.sampled_from(["User", "Agent"]), st.text(alphabet="abc xyz.,!", min_size=1)),
+                min_size=1, max_size=8))
+def test_transcript_round_trip(pairs):
+    text = "\n".join(f"{r}: {t}" for r, t in pairs)
+    turns, _ = normalize_context(text)
+    assert [(t.role, t.text) for t in turns] == [(r.lower(), t.strip()) for r, t in pairs]

@@ -1,0 +1,1 @@
+"""End-to-end tests: real clients through the real proxy against the simulator on loopback."""

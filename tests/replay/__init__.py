@@ -1,0 +1,1 @@
+"""Tests for sessiontap.replay: matching, context variants, the replay server and client."""

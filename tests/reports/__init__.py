@@ -1,0 +1,1 @@
+"""Tests for sessiontap.reports: view records, rendering, and the pages in Chromium."""

@@ -1,0 +1,1 @@
+"""Tests for sessiontap.samples, the ProperDurinClient replicas."""

@@ -1,0 +1,1 @@
+"""Tests for sessiontap.simulator, the ElevenLabs simulator."""
