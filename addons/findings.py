@@ -5,15 +5,22 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
-from mitmproxy import ctx, exceptions, hooks, http
+from mitmproxy import ctx, hooks, http
 from mitmproxy.addonmanager import Loader
 
 from sessiontap.bridge.guard import guarded
+from sessiontap.bridge.options import Check, check_updated, sessiontap_values
 from sessiontap.core.analysis import Analysis, Analyzer, Closing
 from sessiontap.core.model import Call, Finding, Note
-from sessiontap.core.rules import ERROR, Settings
+from sessiontap.core.rules import ERROR
+from sessiontap.core.settings import (
+    DEFAULTS,
+    Settings,
+    check_max_context_tokens,
+    check_opening_similarity,
+)
 
 log = logging.getLogger("sessiontap")
 
@@ -50,27 +57,25 @@ class Recorder(Protocol):
 class Findings:
     """Runs the continuity rules over each call as the tagger decodes it."""
 
+    CHECKS: ClassVar[dict[str, Check]] = {
+        "sessiontap_max_context_tokens": check_max_context_tokens,
+        "sessiontap_opening_similarity": check_opening_similarity,
+    }
+
     def __init__(self, journal: Recorder | None = None) -> None:
         self.analyzer = Analyzer()
         self.analysis: Analysis | None = None
         self.journal = journal
 
     def load(self, loader: Loader) -> None:
-        loader.add_option("sessiontap_max_context_tokens", int, 8000,
+        loader.add_option("sessiontap_max_context_tokens", int, DEFAULTS.max_context_tokens,
                           "Approximate token count above which a context raises context-oversize.")
-        loader.add_option("sessiontap_opening_similarity", float, 0.85,
+        loader.add_option("sessiontap_opening_similarity", float, DEFAULTS.opening_similarity,
                           "How alike (0-1) a reply must be to the opening line to count as repeated-opening.")
 
     def configure(self, updated: set[str]) -> None:
-        opts = ctx.options
-        if opts.sessiontap_max_context_tokens < 0:
-            raise exceptions.OptionsError(
-                f"sessiontap_max_context_tokens must be a whole number >= 0 (got {opts.sessiontap_max_context_tokens})")
-        if not 0 < opts.sessiontap_opening_similarity <= 1:
-            raise exceptions.OptionsError(
-                f"sessiontap_opening_similarity must be between 0 and 1 (got {opts.sessiontap_opening_similarity})")
-        self.analyzer.settings = Settings(opts.sessiontap_max_context_tokens, opts.sessiontap_opening_similarity,
-                                          getattr(opts, "sessiontap_session_gap", 600.0))
+        check_updated(self.CHECKS, updated)
+        self.analyzer.settings = Settings.from_options(sessiontap_values())
 
     def _publish(self, found: list[Finding], flow: http.HTTPFlow) -> None:
         for f in found:

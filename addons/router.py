@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import re
+from typing import ClassVar
 from urllib.parse import urlsplit, urlunsplit
 
-from mitmproxy import ctx, exceptions, http
+from mitmproxy import ctx, http
 from mitmproxy.addonmanager import Loader
 from mitmproxy.proxy import mode_specs
 
 from sessiontap.bridge.guard import guarded
+from sessiontap.bridge.options import Check, check_updated
 
 DEFAULT_UPSTREAM = "https://api.elevenlabs.io"
 # Every ElevenLabs API host: the default one and the regional and residency ones.
@@ -27,6 +29,12 @@ def parse_upstream(value: str) -> tuple[str, str, int]:
         raise ValueError(f"expected an http:// or https:// base URL (got {value!r})")
     port = parts.port or (443 if parts.scheme == "https" else 80)
     return parts.scheme, parts.hostname, port
+
+
+def check_port(value: int) -> None:
+    """Raise ValueError unless the value is a port number (0 picks a free one)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
+        raise ValueError(f"must be a port number 0-65535 (got {value!r})")
 
 
 def ws_origin(http_origin: str) -> str:
@@ -55,6 +63,8 @@ def rewrite_signed_url(body: bytes, origin: str) -> bytes | None:
 class Router:
     """Sends ElevenLabs traffic to ``sessiontap_upstream`` and keeps signed WebSockets on the proxy."""
 
+    CHECKS: ClassVar[dict[str, Check]] = {"sessiontap_listen_port": check_port, "sessiontap_upstream": parse_upstream}
+
     def __init__(self) -> None:
         self.upstream: tuple[str, str, int] = parse_upstream(DEFAULT_UPSTREAM)
         self.hosts = re.compile(ELEVENLABS_HOSTS)
@@ -76,15 +86,9 @@ class Router:
         )
 
     def configure(self, updated: set[str]) -> None:
-        if "sessiontap_listen_port" in updated and not 0 <= ctx.options.sessiontap_listen_port <= 65535:
-            raise exceptions.OptionsError(
-                f"sessiontap_listen_port must be a port number 0-65535 (got {ctx.options.sessiontap_listen_port})"
-            )
+        check_updated(self.CHECKS, updated)
         if "sessiontap_upstream" in updated:
-            try:
-                self.upstream = parse_upstream(ctx.options.sessiontap_upstream)
-            except ValueError as e:
-                raise exceptions.OptionsError(f"sessiontap_upstream: {e}") from e
+            self.upstream = parse_upstream(ctx.options.sessiontap_upstream)
 
     @guarded
     def requestheaders(self, flow: http.HTTPFlow) -> None:

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
-from mitmproxy import ctx, exceptions, http
+from mitmproxy import ctx, http
 from mitmproxy.addonmanager import Loader
 
 from sessiontap.bridge import adapt
 from sessiontap.bridge.guard import guarded
+from sessiontap.bridge.options import Check, check_updated
 from sessiontap.core.analysis import Closing
 from sessiontap.core.decode import Decoded, WsDecoder, decode_exchange, header, is_conversational, is_websocket_path
 from sessiontap.core.model import Call, Note
 from sessiontap.core.sessions import SessionTracker
+from sessiontap.core.settings import DEFAULTS, check_session_gap
 
 log = logging.getLogger("sessiontap")
 
@@ -36,6 +38,8 @@ class Listener(Protocol):
 class SessionTagger:
     """Decodes each conversational flow as it happens and tags it with its session id."""
 
+    CHECKS: ClassVar[dict[str, Check]] = {"sessiontap_session_gap": check_session_gap}
+
     def __init__(self, listeners: list[Listener] | None = None) -> None:
         self.tracker = SessionTracker()
         self.pending: dict[str, Call] = {}
@@ -44,27 +48,23 @@ class SessionTagger:
 
     def load(self, loader: Loader) -> None:
         loader.add_option(
-            "sessiontap_session_header", str, "x-session-id",
+            "sessiontap_session_header", str, DEFAULTS.session_header,
             "Request header in which the client declares its session id ('' for none).",
         )
         loader.add_option(
-            "sessiontap_session_field", str, "",
+            "sessiontap_session_field", str, DEFAULTS.session_field,
             "Dotted JSON body field in which the client declares its session id, e.g. "
             "'metadata.session_id' ('' for none).",
         )
         loader.add_option(
-            "sessiontap_session_gap", float, 600.0,
+            "sessiontap_session_gap", float, DEFAULTS.session_gap,
             "Seconds after which a call with no other evidence no longer joins the same client's "
             "latest session.",
         )
 
     def configure(self, updated: set[str]) -> None:
+        check_updated(self.CHECKS, updated)
         if "sessiontap_session_gap" in updated:
-            if ctx.options.sessiontap_session_gap < 0:
-                raise exceptions.OptionsError(
-                    f"sessiontap_session_gap must be a number of seconds >= 0 "
-                    f"(got {ctx.options.sessiontap_session_gap})"
-                )
             self.tracker.session_gap = ctx.options.sessiontap_session_gap
 
     # -- the hand-offs -------------------------------------------------------------------

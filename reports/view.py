@@ -21,6 +21,7 @@ from sessiontap.core.analysis import Analysis, context_size
 from sessiontap.core.contextdiff import ContextDiff, diff
 from sessiontap.core.model import HTTP, WEBSOCKET, Call, Finding, FlowRecord, SessionState, Turn, WsMessage
 from sessiontap.core.rules import ERROR, INFO, RULES, WARNING, carried_context
+from sessiontap.core.settings import DEFAULTS
 from sessiontap.reports.svg import DiagramRow, GrowthPoint, flow_diagram, growth_chart
 
 BODY_LIMIT = 4000  # characters of a request/response body shown; the rest is in flows.mitm
@@ -39,7 +40,7 @@ class Meta:
     source: str
     version: str
     generated: str = field(default_factory=lambda: time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()))
-    max_context_tokens: int = 8000
+    max_context_tokens: int = DEFAULTS.max_context_tokens
 
 
 @dataclass(slots=True)

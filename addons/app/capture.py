@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
@@ -16,7 +17,7 @@ from sessiontap.core.decode import decode_exchange, decode_websocket
 from sessiontap.core.errors import CaptureError
 from sessiontap.core.model import Call, FlowRecord, Note
 from sessiontap.core.redact import Redactor
-from sessiontap.core.rules import Settings
+from sessiontap.core.settings import DEFAULTS, Settings
 
 CAPTURE_FILE = "flows.mitm"
 
@@ -56,9 +57,9 @@ def read_capture(path: Path) -> Capture:
     return out
 
 
-def analyse_flows(flows: list[http.HTTPFlow], settings: Settings | None = None,
-                  session_header: str = "x-session-id", session_field: str = "") -> Analysis:
+def analyse_flows(flows: list[http.HTTPFlow], settings: Settings = DEFAULTS) -> Analysis:
     """The analysis of recorded flows (the offline twin of the live addons)."""
+    session_header, session_field = settings.session_header, settings.session_field
     calls: list[Call] = []
     notes: list[Note] = []
     closings: list[Closing] = []
@@ -81,6 +82,29 @@ def analyse_flows(flows: list[http.HTTPFlow], settings: Settings | None = None,
         notes += found.notes
         first.update(found.first_messages)
     return analyse(calls, notes, first, closings, settings)
+
+
+def analyse_capture(path: Path, settings: Settings = DEFAULTS) -> tuple[Analysis, Capture]:
+    """Read and analyse a capture; the Capture keeps the flows and any warning about a torn tail."""
+    cap = read_capture(path)
+    return analyse_flows(cap.flows, settings), cap
+
+
+def default_out(kind: str = "") -> Path:
+    """A fresh output directory under ./sessiontap-out, named for the kind and time of the run."""
+    return Path("sessiontap-out") / time.strftime(f"{kind + '-' if kind else ''}%Y%m%d-%H%M%S")
+
+
+def write_report(analysis: Analysis, capture: Path, out: Path, settings: Settings = DEFAULTS,
+                 only_session: str | None = None, cap: Capture | None = None) -> Path:
+    """Write report.html for an analysis, its wire details from the capture (read unless given); return its path."""
+    from sessiontap.findings import version
+    from sessiontap.reports.html import write_report as render_report
+    from sessiontap.reports.view import Meta
+
+    records = flow_records((cap or read_capture(capture)).flows)
+    meta = Meta(str(capture), version(), max_context_tokens=settings.max_context_tokens)
+    return render_report(analysis, records, meta, out, only_session)
 
 
 def flow_records(flows: list[http.HTTPFlow], redactor: Redactor | None = None) -> dict[str, FlowRecord]:

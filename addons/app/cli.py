@@ -1,40 +1,29 @@
-"""Command line entry point: the `sessiontap` verbs, mapping flags to the core and the runner."""
+"""Command line entry point: the `sessiontap` verbs. Each parses its flags and calls the module that owns the work."""
 
 from __future__ import annotations
 
-import time
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from sessiontap.app.config import load_config, validate
+from sessiontap.app.capture import default_out
+from sessiontap.app.config import analysis_settings, settings_from
 from sessiontap.core.errors import SessiontapError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
-
-    from mitmproxy.http import HTTPFlow
-
     from sessiontap.app.capture import Capture
     from sessiontap.app.runner import RecordResult
     from sessiontap.core.analysis import Analysis
-    from sessiontap.replay.compare import Behaviour
+    from sessiontap.core.settings import Settings
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
 
 
-def default_out() -> str:
-    """A fresh output directory under ./sessiontap-out, named for the time of the run."""
-    return str(Path("sessiontap-out") / time.strftime("%Y%m%d-%H%M%S"))
-
-
-def settings_from(config: Path | None, flags: dict[str, Any]) -> dict[str, Any]:
-    """mitm.yaml's settings with the flags that were given laid over them (flags win)."""
-    settings = load_config(config)
-    given = {k: v for k, v in flags.items() if v is not None}
-    settings.update(validate(given, "command line"))
-    return settings
+def say(text: str) -> None:
+    """Print one progress or result line to stderr."""
+    click.echo(text, err=True)
 
 
 @click.group(context_settings=CONTEXT_SETTINGS)
@@ -78,8 +67,8 @@ def record(config: Path | None, mode: str | None, upstream: str | None, listen_h
             "sessiontap_listen_host": listen_host, "sessiontap_listen_port": listen_port,
             "sessiontap_out": out,
         })
-        settings.setdefault("sessiontap_out", default_out())
-        result = run_record(settings, list(command), announce=lambda s: click.echo(s, err=True))
+        settings.setdefault("sessiontap_out", str(default_out()))
+        result = run_record(settings, list(command), announce=say)
     except SessiontapError as e:
         raise click.ClickException(str(e)) from e
     _finish(result, settings)
@@ -120,77 +109,66 @@ def demo(out: str | None, mode: str) -> None:
     ProperDurinClient replicas (HTTP and WebSocket) through the proxy, and prints what
     was recorded. Needs no account and no network.
     """
-    import sys
-
     from sessiontap.app.runner import run_record
     from sessiontap.simulator.server import running_simulator
 
-    out = out or str(Path("sessiontap-out") / time.strftime("demo-%Y%m%d-%H%M%S"))
     with running_simulator() as sim:
-        click.echo(f"sessiontap: simulator on {sim.url}", err=True)
-        settings = {"sessiontap_mode": mode, "sessiontap_upstream": sim.url, "sessiontap_out": out}
-        command = [sys.executable, "-m", "sessiontap.samples", "all"]
+        say(f"sessiontap: simulator on {sim.url}")
+        settings = {"sessiontap_mode": mode, "sessiontap_upstream": sim.url,
+                    "sessiontap_out": out or str(default_out("demo"))}
         try:
-            result = run_record(settings, command, announce=lambda s: click.echo(s, err=True))
+            result = run_record(settings, [sys.executable, "-m", "sessiontap.samples", "all"], announce=say)
         except SessiontapError as e:
             raise click.ClickException(str(e)) from e
     _finish(result, settings)
 
 
-def _write_report(analysis: Analysis, capture: Path, out: Path, config_settings: dict[str, Any],
-                  only_session: str | None = None, cap: Capture | None = None) -> Path:
-    """Write report.html for an analysis, its wire details from the capture (read unless given); print where."""
-    from sessiontap.app.capture import flow_records, read_capture
-    from sessiontap.findings import version
-    from sessiontap.reports.html import write_report
-    from sessiontap.reports.view import Meta
+@main.command("addon-path", context_settings=CONTEXT_SETTINGS,
+              epilog='\b\nExample:\n  mitmdump -s "$(sessiontap addon-path)" --set sessiontap_out=out')
+def addon_path() -> None:
+    """Print the path of the addon chain script, to load into mitmdump or mitmweb with -s."""
+    import sessiontap.sessiontap as chain_script
 
-    records = flow_records((cap or read_capture(capture)).flows)
-    meta = Meta(str(capture), version(), max_context_tokens=config_settings.get("sessiontap_max_context_tokens", 8000))
-    path = write_report(analysis, records, meta, out, only_session)
-    click.echo(f"sessiontap: report written to {path}", err=True)
-    click.echo(f"sessiontap: open {path.resolve().as_uri()}", err=True)
-    return path
+    click.echo(chain_script.__file__)
+
+
+def _write_report(analysis: Analysis, capture: Path, out: Path, settings: Settings,
+                  only_session: str | None = None, cap: Capture | None = None) -> None:
+    """Write report.html and print where."""
+    from sessiontap.app.capture import write_report
+
+    path = write_report(analysis, capture, out, settings, only_session, cap)
+    say(f"sessiontap: report written to {path}")
+    say(f"sessiontap: open {path.resolve().as_uri()}")
 
 
 def _finish(result: RecordResult, settings: dict[str, Any]) -> None:
     """Write the report, print the end-of-run summary and exit with the run's code."""
-    click.echo(f"sessiontap: {result.verdict}", err=True)
-    click.echo(f"sessiontap: written to {result.out}", err=True)
+    from sessiontap.core.settings import Settings
+
+    say(f"sessiontap: {result.verdict}")
+    say(f"sessiontap: written to {result.out}")
     if result.analysis is not None and result.out:
         try:
-            _write_report(result.analysis, Path(result.out), Path(result.out), settings)
+            _write_report(result.analysis, Path(result.out), Path(result.out), Settings.from_options(settings))
         except (SessiontapError, OSError) as e:
-            click.echo(f"sessiontap: error: could not write the report: {e}", err=True)
+            say(f"sessiontap: error: could not write the report: {e}")
             result.exit_code = result.exit_code or 1
     if result.journal_error:
-        click.echo(f"sessiontap: error: {result.journal_error}", err=True)
+        say(f"sessiontap: error: {result.journal_error}")
         raise SystemExit(result.exit_code or 1)
     raise SystemExit(result.exit_code)
 
 
-def _analyser(config: Path | None) -> Callable[[list[HTTPFlow]], Analysis]:
-    """The offline analysis with mitm.yaml's thresholds and session settings."""
-    from sessiontap.app.capture import analyse_flows
-    from sessiontap.core.rules import Settings
+def _analyse(capture: Path, config: Path | None) -> tuple[Analysis, Capture, Settings]:
+    """Read and analyse a capture with mitm.yaml's settings; a torn tail is a warning on stderr."""
+    from sessiontap.app.capture import analyse_capture
 
-    settings = load_config(config)
-    thresholds = Settings(settings.get("sessiontap_max_context_tokens", 8000),
-                          settings.get("sessiontap_opening_similarity", 0.85),
-                          settings.get("sessiontap_session_gap", 600.0))
-    header = settings.get("sessiontap_session_header", "x-session-id")
-    body_field = settings.get("sessiontap_session_field", "")
-    return lambda flows: analyse_flows(flows, thresholds, header, body_field)
-
-
-def _analyse(capture: Path, config: Path | None) -> tuple[Analysis, Capture]:
-    """Read and analyse a capture with mitm.yaml's thresholds; warnings go to stderr."""
-    from sessiontap.app.capture import read_capture
-
-    cap = read_capture(capture)
+    settings = analysis_settings(config)
+    analysis, cap = analyse_capture(capture, settings)
     if cap.warning:
-        click.echo(f"sessiontap: warning: {cap.warning}", err=True)
-    return _analyser(config)(cap.flows), cap
+        say(f"sessiontap: warning: {cap.warning}")
+    return analysis, cap, settings
 
 
 CAPTURE_ARG = click.argument("capture", type=click.Path(exists=True, path_type=Path))
@@ -210,7 +188,7 @@ def check(capture: Path, config: Path | None) -> None:
     CAPTURE is a flow file (flows.mitm, or any mitmdump capture) or a record output directory.
     """
     try:
-        analysis, _ = _analyse(capture, config)
+        analysis, _, _ = _analyse(capture, config)
     except SessiontapError as e:
         click.echo(f"Error: {e}", err=True)
         raise SystemExit(2) from e
@@ -218,7 +196,7 @@ def check(capture: Path, config: Path | None) -> None:
     for f in analysis.findings:
         if f.severity == "error":
             click.echo(f"  {f.severity}: [{f.rule}] {f.session}: {f.message}")
-    raise SystemExit(1 if analysis.has_errors else 0)
+    raise SystemExit(analysis.check_code)
 
 
 @main.command(context_settings=CONTEXT_SETTINGS,
@@ -237,16 +215,16 @@ def report(capture: Path, config: Path | None, out: str | None, only_session: st
 
     target = Path(out) if out else (capture if capture.is_dir() else capture.parent)
     try:
-        analysis, cap = _analyse(capture, config)
+        analysis, cap, settings = _analyse(capture, config)
         if only_session is not None and only_session not in {s.id for s in analysis.sessions}:
             known = ", ".join(s.id for s in analysis.sessions[:10]) or "none"
             raise click.BadParameter(f"no session {only_session!r} in {capture} (sessions: {known})",
                                      param_hint="--session")
         target.mkdir(parents=True, exist_ok=True)
         path = write_findings(analysis, target)
-        click.echo(f"sessiontap: {analysis.verdict()}", err=True)
-        click.echo(f"sessiontap: findings written to {path}", err=True)
-        _write_report(analysis, capture, target, load_config(config), only_session, cap)
+        say(f"sessiontap: {analysis.verdict()}")
+        say(f"sessiontap: findings written to {path}")
+        _write_report(analysis, capture, target, settings, only_session, cap)
     except SessiontapError as e:
         raise click.ClickException(str(e)) from e
     except OSError as e:
@@ -279,9 +257,6 @@ def export(capture: Path, har_path: Path) -> None:
     entries = har["log"]["entries"]
     sockets = sum(1 for e in entries if e.get("_resourceType") == "websocket")
     click.echo(f"sessiontap: {len(entries)} entries ({sockets} WebSocket) written to {har_path}", err=True)
-
-
-REPLAY_IGNORE = ("user_id",)  # clients make a fresh user id each run; it names the session, not the content
 
 
 @main.command(context_settings={**CONTEXT_SETTINGS, "ignore_unknown_options": True},
@@ -349,135 +324,79 @@ def replay(capture: Path, config: Path | None, out: str | None, mode: str | None
     _server_replay(capture, config, out, mode, ignore, match_on, command)
 
 
-def _replay_out(out: str | None) -> str:
-    return out or str(Path("sessiontap-out") / time.strftime("replay-%Y%m%d-%H%M%S"))
-
-
 def _server_replay(capture: Path, config: Path | None, out: str | None, mode: str | None, ignore: tuple[str, ...],
                    match_on: str | None, command: tuple[str, ...]) -> None:
     """Run a client command against the capture (offline), recorded and analysed."""
     from sessiontap.app.runner import run_record
     from sessiontap.replay.match import DEFAULT_MATCH_ON, parse_ignore, parse_match_on
-    from sessiontap.replay.server import running_replay
+    from sessiontap.replay.server import ALWAYS_IGNORED, record_misses, running_replay
 
     if not command:
         raise click.UsageError("give the client command after --, e.g. -- python my_client.py "
                                "(or --client to re-send the recorded calls instead)")
     try:
-        paths = parse_ignore((*REPLAY_IGNORE, *ignore))
+        paths = parse_ignore((*ALWAYS_IGNORED, *ignore))
         matchers = parse_match_on(match_on) if match_on else DEFAULT_MATCH_ON
     except ValueError as e:
         raise click.BadParameter(str(e)) from e
     try:
         with running_replay(capture, match_on=matchers, ignore=paths) as server:
-            click.echo(f"sessiontap: replaying {capture} from {server.url} (offline)", err=True)
+            say(f"sessiontap: replaying {capture} from {server.url} (offline)")
             settings = settings_from(config, {"sessiontap_mode": mode, "sessiontap_upstream": server.url,
-                                              "sessiontap_out": _replay_out(out)})
-            result = run_record(settings, list(command), announce=lambda s: click.echo(s, err=True))
+                                              "sessiontap_out": out or str(default_out("replay"))})
+            result = run_record(settings, list(command), announce=say)
             misses = list(server.misses)
+        record_misses(result, misses)
     except SessiontapError as e:
         raise click.ClickException(str(e)) from e
-    if misses and result.analysis is not None:
-        from sessiontap.app.capture import read_capture
-        from sessiontap.findings import write_findings
-        from sessiontap.replay.server import miss_findings
-
-        try:
-            flows = read_capture(Path(result.out)).flows
-        except SessiontapError:
-            flows = []  # the findings still name the recorded flow nearest to each miss
-        result.analysis.add_findings(miss_findings(misses, flows, result.analysis.calls))
-        result.verdict = result.analysis.verdict()
-        write_findings(result.analysis, Path(result.out))
-        for m in misses:
-            click.echo(f"sessiontap: replay-miss: {m.message}", err=True)
+    for m in misses:
+        say(f"sessiontap: replay-miss: {m.message}")
     _finish(result, settings)
-
-
-def replay_upstream(to_url: str | None, live: bool, environ: Mapping[str, str] | None = None) -> str | None:
-    """Where a client replay sends (None: the built-in simulator); a UsageError before anything is sent."""
-    import ipaddress
-    import os
-
-    from sessiontap.router import DEFAULT_UPSTREAM, parse_upstream
-
-    env = os.environ if environ is None else environ
-    if live and not env.get("ELEVENLABS_API_KEY"):
-        raise click.UsageError("--live sends to the real ElevenLabs API and needs ELEVENLABS_API_KEY in the "
-                               "environment (a capture never holds the key)")
-    if to_url is None:
-        return DEFAULT_UPSTREAM if live else None
-    try:
-        _, host, _ = parse_upstream(to_url)
-    except ValueError as e:
-        raise click.BadParameter(str(e), param_hint="--to") from e
-    try:
-        local = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        local = False
-    if not live and not local:
-        raise click.UsageError(f"--to {to_url} is not on this machine; add --live to send the recorded "
-                               "conversations there (with ELEVENLABS_API_KEY)")
-    return to_url
 
 
 def _client_replay(capture: Path, config: Path | None, out: str | None, to_url: str | None, live: bool,
                    vary_context: str | None, timeout: float) -> None:
     """Re-send the capture's conversations once per variant, then write the side-by-side behaviour report."""
-    from sessiontap.app.capture import flow_records
-    from sessiontap.replay.client import build_plan, run_variants
-    from sessiontap.replay.compare import compare
+    import contextlib
+
+    from sessiontap.core.settings import Settings
+    from sessiontap.findings import version
+    from sessiontap.replay.client import ReplayTargetError, client_replay, replay_upstream
+    from sessiontap.replay.compare import write_behaviour_json
     from sessiontap.replay.vary import AS_RECORDED, parse_modes
+    from sessiontap.reports.html import write_behaviour
+    from sessiontap.simulator.server import running_simulator
 
     try:
         variants = parse_modes(vary_context) if vary_context else [AS_RECORDED]
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--vary-context") from e
-    upstream = replay_upstream(to_url, live)
-    target = Path(_replay_out(out))
     try:
-        analysis, cap = _analyse(capture, config)
+        upstream = replay_upstream(to_url, live)
+    except ReplayTargetError as e:
+        raise click.UsageError(str(e)) from e
+    target = Path(out) if out else default_out("replay")
+    try:
         settings = settings_from(config, {})
-        plan = build_plan(flow_records(cap.flows), analysis, str(capture),
-                          settings.get("sessiontap_session_header", "x-session-id"))
-        if not plan["flows"]:
-            raise SessiontapError(f"{capture} holds no ElevenLabs agents call to re-send")
-        if variants != [AS_RECORDED] and not plan["sessions"]:
-            raise SessiontapError(f"{capture} holds no conversation with a user message: there is no context to vary")
-        runs = run_variants(plan, target, variants, upstream, settings, _analyser(config), timeout,
-                            announce=lambda s: click.echo(s, err=True), live=live)
+        with running_simulator() if upstream is None else contextlib.nullcontext() as sim:
+            url = sim.url if sim is not None else str(upstream)
+            runs, behaviour = client_replay(capture, target, variants, url, settings, timeout, say, live)
     except SessiontapError as e:
         raise click.ClickException(str(e)) from e
     code = 0
     for run in runs:
         code = max(code, run.result.exit_code)
         if run.analysis is None:
-            click.echo(f"sessiontap: error: the {run.variant} replay recorded nothing readable", err=True)
+            say(f"sessiontap: error: the {run.variant} replay recorded nothing readable")
             code = max(code, 1)
             continue
-        click.echo(f"sessiontap: {run.variant}: {run.analysis.verdict()}", err=True)
-        _write_report(run.analysis, run.out, run.out, settings)
-    behaviour = compare(analysis, {r.variant: (r.analysis, r.tags.get) for r in runs if r.analysis is not None})
-    _write_behaviour(behaviour, capture, target)
+        say(f"sessiontap: {run.variant}: {run.analysis.verdict()}")
+        _write_report(run.analysis, run.out, run.out, Settings.from_options(settings))
+    path = write_behaviour_json(behaviour, target)
+    say("sessiontap: does the conversation continue? (* = changed from the original)")
+    for line in behaviour.table():
+        say("  " + line)
+    page = write_behaviour(behaviour, str(capture), version(), target)
+    say(f"sessiontap: behaviour written to {path} and {page}")
+    say(f"sessiontap: open {page.resolve().as_uri()}")
     raise SystemExit(code)
-
-
-def _write_behaviour(behaviour: Behaviour, capture: Path, out: Path) -> None:
-    """Write behaviour.json and behaviour.html, and print whether each session continues in each run."""
-    import json
-
-    from sessiontap.findings import version
-    from sessiontap.reports.html import write_behaviour
-
-    path = out / "behaviour.json"
-    path.write_text(json.dumps(behaviour.to_json(), indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    names = ["original", *behaviour.variants]
-    width = max([len(s.id) for s in behaviour.sessions] + [len("session")])
-    click.echo("sessiontap: does the conversation continue? (* = changed from the original)", err=True)
-    click.echo("  " + "session".ljust(width) + "".join(f"  {n:<16}" for n in names), err=True)
-    for s in behaviour.sessions:
-        cells = [s.original.label] + [s.replayed[v].label + (" *" if s.changed(v) else "") for v in behaviour.variants]
-        click.echo("  " + s.id.ljust(width) + "".join(f"  {c:<16}" for c in cells), err=True)
-    page = write_behaviour(behaviour, str(capture), version(), out)
-    click.echo(f"sessiontap: behaviour written to {path} and {page}", err=True)
-    click.echo(f"sessiontap: open {page.resolve().as_uri()}", err=True)

@@ -9,7 +9,9 @@ from typing import Any
 import yaml
 from mitmproxy import exceptions, optmanager
 
+from sessiontap.bridge.options import problem
 from sessiontap.core.errors import ConfigError
+from sessiontap.core.settings import Settings
 from sessiontap.sessiontap import chain
 
 DEFAULT_CONFIG = "mitm.yaml"
@@ -40,8 +42,9 @@ def option_table() -> optmanager.OptManager:
 
 
 def validate(values: dict[str, Any], where: str) -> dict[str, Any]:
-    """The values, checked: known keys, right types and choices; ConfigError naming the key if not."""
+    """The values, checked: known keys, right types, choices and each addon's own check; ConfigError if not."""
     opts = option_table()
+    checks = {name: check for addon in chain().addons for name, check in getattr(addon, "CHECKS", {}).items()}
     for key, value in values.items():
         if key not in opts:
             close = difflib.get_close_matches(str(key), list(opts.keys()), n=1)
@@ -57,6 +60,9 @@ def validate(values: dict[str, Any], where: str) -> dict[str, Any]:
             opts.update(**{key: value})
         except (TypeError, exceptions.OptionsError) as e:
             raise ConfigError(f"{where}: {key} has a bad value {value!r}: {e}") from e
+        said = problem(key, value, checks)
+        if said is not None:
+            raise ConfigError(f"{where}: {said}")
     return values
 
 
@@ -77,3 +83,16 @@ def load_config(path: Path | None) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of sessiontap_* keys, got {type(data).__name__}")
     return validate(dict(data), str(path))
+
+
+def settings_from(config: Path | None, flags: dict[str, Any]) -> dict[str, Any]:
+    """mitm.yaml's settings with the flags that were given laid over them (flags win), all checked."""
+    settings = load_config(config)
+    given = {k: v for k, v in flags.items() if v is not None}
+    settings.update(validate(given, "command line"))
+    return settings
+
+
+def analysis_settings(config: Path | None) -> Settings:
+    """The analysis settings of a mitm.yaml (the defaults for keys it does not set)."""
+    return Settings.from_options(load_config(config))

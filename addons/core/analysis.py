@@ -15,8 +15,9 @@ from typing import Any
 from sessiontap.core import rules
 from sessiontap.core.contextdiff import ContextDiff, approx_tokens, diff
 from sessiontap.core.model import Call, Finding, Note, ServerConversation, SessionState
-from sessiontap.core.rules import ERROR, INFO, WARNING, Settings
+from sessiontap.core.rules import ERROR, INFO, WARNING
 from sessiontap.core.sessions import CLIENT, SessionTracker, prefix_hashes
+from sessiontap.core.settings import Settings
 
 FORMAT_VERSION = 1  # findings.json: 1 = first published shape (DESIGN.md)
 SEVERITY_ORDER = {ERROR: 0, WARNING: 1, INFO: 2}
@@ -41,8 +42,13 @@ class Analysis:
 
     @property
     def has_errors(self) -> bool:
-        """True when any finding has severity error (``check`` exits 1)."""
+        """True when any finding has severity error."""
         return any(f.severity == ERROR for f in self.findings)
+
+    @property
+    def check_code(self) -> int:
+        """The exit code of ``sessiontap check``: 1 when an error finding exists, else 0."""
+        return 1 if self.has_errors else 0
 
     def session_summaries(self) -> list[dict[str, Any]]:
         """One dict per session in the findings.json shape."""

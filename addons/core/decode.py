@@ -24,6 +24,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from sessiontap.core.model import AGENT, CONTEXT, HTTP, USER, WEBSOCKET, Call, Exchange, Note, Turn, WsMessage
+from sessiontap.core.settings import DEFAULTS
 
 SIMULATE_RE = re.compile(r"/v1/convai/agents/(?P<agent>[^/]+)/simulate-conversation(?P<stream>/stream)?/?$")
 AGENT_RE = re.compile(r"/v1/convai/agents/(?P<agent>[^/]+)/?$")
@@ -310,7 +311,8 @@ def decode_agent(ex: Exchange, agent_id: str) -> Decoded:
     return out
 
 
-def decode_exchange(ex: Exchange, session_header: str = "x-session-id", session_field: str = "") -> Decoded:
+def decode_exchange(ex: Exchange, session_header: str = DEFAULTS.session_header,
+                    session_field: str = DEFAULTS.session_field) -> Decoded:
     """Calls, notes and agent facts from one HTTP exchange (nothing for other endpoints)."""
     m = SIMULATE_RE.search(ex.path)
     if m and ex.method == "POST":
@@ -392,7 +394,7 @@ class WsDecoder:
     """
 
     def __init__(self, flow_id: str, url: str, headers: dict[str, str], started: float,
-                 client: str = "", session_header: str = "x-session-id") -> None:
+                 client: str = "", session_header: str = DEFAULTS.session_header) -> None:
         query = dict(parse_qsl(urlsplit(url).query))
         self.flow_id = flow_id
         self.agent_id = query.get("agent_id", "")
@@ -526,7 +528,7 @@ class WsDecoder:
 
 def decode_websocket(flow_id: str, url: str, headers: dict[str, str], started: float,
                      messages: Iterable[WsMessage], close_code: int | None, ended: float | None,
-                     client: str = "", session_header: str = "x-session-id") -> Decoded:
+                     client: str = "", session_header: str = DEFAULTS.session_header) -> Decoded:
     """All calls of one recorded WebSocket (the offline twin of feeding a WsDecoder live)."""
     dec = WsDecoder(flow_id, url, headers, started, client, session_header)
     out = Decoded()

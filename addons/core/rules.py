@@ -10,11 +10,11 @@ call's flows to it.
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
 
 from sessiontap.core.contextdiff import approx_tokens, diff
 from sessiontap.core.decode import FORMAT_FLAT, FORMAT_SUMMARY, HISTORY_FIELD
 from sessiontap.core.model import AGENT, USER, WEBSOCKET, Call, Finding, SessionState, Turn
+from sessiontap.core.settings import Settings
 
 ERROR, WARNING, INFO = "error", "warning", "info"
 RULES = {  # rule id -> what it means (DESIGN.md); the ids are stable
@@ -42,15 +42,6 @@ HTTP_CONTEXT_FIX = (
     "send the whole history (every user and agent turn, with role, message and time_in_call_secs) "
     "in simulation_specification.partial_conversation_history on every call"
 )
-
-
-@dataclass(frozen=True, slots=True)
-class Settings:
-    """Rule thresholds (the sessiontap_* options of the same names)."""
-
-    max_context_tokens: int = 8000
-    opening_similarity: float = 0.85
-    session_gap: float = 600.0
 
 
 def similarity(a: str, b: str) -> float:

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 
 from sessiontap.core.model import HTTP, USER, Call, Turn
 from sessiontap.core.rules import failed_retryably
+from sessiontap.core.settings import DEFAULTS
 
 CLIENT = "client"
 CONVERSATION_ID = "conversation_id"
@@ -66,7 +67,7 @@ class _SessionState:
 class SessionTracker:
     """Assigns each call a session id and its source; feed it calls in start order."""
 
-    def __init__(self, session_gap: float = 600.0) -> None:
+    def __init__(self, session_gap: float = DEFAULTS.session_gap) -> None:
         self.session_gap = session_gap
         self.sessions: dict[str, _SessionState] = {}
         self.by_server_conversation: dict[str, str] = {}

@@ -21,6 +21,7 @@ import argparse
 import base64
 import contextlib
 import functools
+import ipaddress
 import json
 import os
 import ssl
@@ -42,11 +43,12 @@ from sessiontap.core.decode import is_audio_frame, is_websocket_path, simulated_
 from sessiontap.core.errors import SessiontapError
 from sessiontap.core.model import AGENT, USER, WEBSOCKET, Call, FlowRecord, Turn
 from sessiontap.core.redact import SECRET_HEADERS
+from sessiontap.core.settings import Settings
 from sessiontap.replay import vary
+from sessiontap.replay.compare import Behaviour, compare
 from sessiontap.replay.match import parse_json
 from sessiontap.replay.server import DROP_HEADERS as CONNECTION_HEADERS
-from sessiontap.router import ws_origin
-from sessiontap.samples.chat import SAMPLE_API_KEY
+from sessiontap.router import DEFAULT_UPSTREAM, parse_upstream, ws_origin
 
 if TYPE_CHECKING:
     from sessiontap.app.runner import RecordResult
@@ -58,6 +60,7 @@ REPLAY_OF_HEADER = "x-sessiontap-replay-of"
 DEFAULT_TIMEOUT = 30.0  # seconds to wait for each reply
 OPENING_GRACE = 1.0  # seconds a new socket waits for an opening line the recording did not have
 MAX_FRAME_BYTES = 16 * 1024 * 1024
+PLACEHOLDER_KEY = "sk_sessiontap_replay_placeholder"  # sent unless --live: the user's key goes nowhere else
 SIGNED_PARAMS = ("conversation_signature", "token")  # a recorded signature is redacted: a fresh URL is fetched
 AWAITED = ("conversation_initiation_metadata", "agent_response")  # the server frames a replayed step waits for
 # Request headers not re-sent: the connection's own, any secret (the key is sent fresh), and sessiontap's tags.
@@ -472,39 +475,89 @@ def replay_tags(flows: list[http.HTTPFlow]) -> dict[str, tuple[str, int] | None]
     return {f.id: parse_replay_of(f.request.headers.get(REPLAY_OF_HEADER)) for f in flows}
 
 
-def run_variants(plan: dict[str, Any], out: Path, variants: list[str], upstream: str | None,
-                 settings: dict[str, Any], analyse: Callable[[list[http.HTTPFlow]], Analysis],
-                 timeout: float = DEFAULT_TIMEOUT, announce: Callable[[str], None] = print,
-                 live: bool = False) -> list[VariantRun]:
+def run_variants(plan: dict[str, Any], out: Path, variants: list[str], upstream: str,
+                 settings: dict[str, Any], analysis_settings: Settings, timeout: float = DEFAULT_TIMEOUT,
+                 announce: Callable[[str], None] = print, live: bool = False) -> list[VariantRun]:
     """Write the plan into ``out`` and play it once per variant through the recording proxy into ``out/<variant>``.
 
-    ``upstream`` None starts the built-in simulator for the run. Only ``live`` runs send the
-    user's ``ELEVENLABS_API_KEY``; the others send a sample key. Each replay is read back and
-    analysed with ``analyse``; a run that recorded nothing readable has no analysis.
+    Only ``live`` runs send the user's ``ELEVENLABS_API_KEY``; the others send a placeholder
+    key. Each replay is read back and analysed with ``analysis_settings``; a run that recorded
+    nothing readable has no analysis.
     """
-    from sessiontap.app.capture import read_capture
+    from sessiontap.app.capture import analyse_flows, read_capture
     from sessiontap.app.runner import run_record
-    from sessiontap.simulator.server import running_simulator
 
     out.mkdir(parents=True, exist_ok=True)
     plan_path = out / PLAN_FILE
     plan_path.write_text(json.dumps(plan, indent=1, ensure_ascii=False), encoding="utf-8")
     runs: list[VariantRun] = []
-    with running_simulator() if upstream is None else contextlib.nullcontext() as sim:
-        url = upstream if sim is None else sim.url
-        for variant in variants:
-            target_dir = out / variant
-            announce(f"sessiontap: replaying {variant} to {url}, recording to {target_dir}")
-            command = [sys.executable, "-m", "sessiontap.replay.client", str(plan_path), "--variant", variant,
-                       "--timeout", f"{timeout:g}", *(["--live"] if live else [])]
-            result = run_record({**settings, "sessiontap_mode": "reverse", "sessiontap_upstream": url,
-                                 "sessiontap_out": str(target_dir)}, command, announce)
-            run = VariantRun(variant, target_dir, result)
-            with contextlib.suppress(SessiontapError):
-                flows = read_capture(target_dir).flows
-                run.analysis, run.tags = analyse(flows), replay_tags(flows)
-            runs.append(run)
+    for variant in variants:
+        target_dir = out / variant
+        announce(f"sessiontap: replaying {variant} to {upstream}, recording to {target_dir}")
+        command = [sys.executable, "-m", "sessiontap.replay.client", str(plan_path), "--variant", variant,
+                   "--timeout", f"{timeout:g}", *(["--live"] if live else [])]
+        result = run_record({**settings, "sessiontap_mode": "reverse", "sessiontap_upstream": upstream,
+                             "sessiontap_out": str(target_dir)}, command, announce)
+        run = VariantRun(variant, target_dir, result)
+        with contextlib.suppress(SessiontapError):
+            flows = read_capture(target_dir).flows
+            run.analysis, run.tags = analyse_flows(flows, analysis_settings), replay_tags(flows)
+        runs.append(run)
     return runs
+
+
+class ReplayTargetError(SessiontapError, ValueError):
+    """A client replay may not send where it was asked to (checked before anything is sent)."""
+
+
+def replay_upstream(to_url: str | None, live: bool, environ: Mapping[str, str] | None = None) -> str | None:
+    """Where a client replay may send (None: the built-in simulator); ReplayTargetError before anything is sent.
+
+    The policy: a server on this machine needs nothing; another host, or the real API, needs
+    ``live`` and ``ELEVENLABS_API_KEY`` (the key never comes from a capture).
+    """
+    env = os.environ if environ is None else environ
+    if live and not env.get("ELEVENLABS_API_KEY"):
+        raise ReplayTargetError("--live sends to the real ElevenLabs API and needs ELEVENLABS_API_KEY in the "
+                                "environment (a capture never holds the key)")
+    if to_url is None:
+        return DEFAULT_UPSTREAM if live else None
+    try:
+        _, host, _ = parse_upstream(to_url)
+    except ValueError as e:
+        raise ReplayTargetError(f"--to: {e}") from e
+    try:
+        local = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        local = False
+    if not live and not local:
+        raise ReplayTargetError(f"--to {to_url} is not on this machine; add --live to send the recorded "
+                                "conversations there (with ELEVENLABS_API_KEY)")
+    return to_url
+
+
+def client_replay(capture: Path, out: Path, variants: list[str], upstream: str, settings: dict[str, Any],
+                  timeout: float = DEFAULT_TIMEOUT, announce: Callable[[str], None] = print,
+                  live: bool = False) -> tuple[list[VariantRun], Behaviour]:
+    """Re-send a capture's conversations once per variant and compare each run with the original.
+
+    ``settings`` are the sessiontap_* values (mitm.yaml and flags); the original and every
+    replay are analysed with the same analysis settings.
+    """
+    from sessiontap.app.capture import analyse_capture, flow_records
+
+    analysis_settings = Settings.from_options(settings)
+    analysis, cap = analyse_capture(capture, analysis_settings)
+    if cap.warning:
+        announce(f"sessiontap: warning: {cap.warning}")
+    plan = build_plan(flow_records(cap.flows), analysis, str(capture), analysis_settings.session_header)
+    if not plan["flows"]:
+        raise SessiontapError(f"{capture} holds no ElevenLabs agents call to re-send")
+    if variants != [vary.AS_RECORDED] and not plan["sessions"]:
+        raise SessiontapError(f"{capture} holds no conversation with a user message: there is no context to vary")
+    runs = run_variants(plan, out, variants, upstream, settings, analysis_settings, timeout, announce, live)
+    behaviour = compare(analysis, {r.variant: (r.analysis, r.tags.get) for r in runs if r.analysis is not None})
+    return runs, behaviour
 
 
 def _short(text: str, limit: int = 70) -> str:
@@ -534,7 +587,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as e:
         print(f"replay client: cannot read {args.plan}: {e}", file=sys.stderr)
         return 2
-    key = (os.environ.get("ELEVENLABS_API_KEY") if args.live else None) or SAMPLE_API_KEY
+    key = (os.environ.get("ELEVENLABS_API_KEY") if args.live else None) or PLACEHOLDER_KEY
     replayer = Replayer(base, key, args.variant, args.timeout, say=lambda s: print(s, flush=True))
     return 1 if replayer.run(plan) else 0
 

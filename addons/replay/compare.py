@@ -11,9 +11,11 @@ reply the same call got with the whole history (a summary may lose the turns but
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from sessiontap.core.analysis import Analysis
@@ -121,6 +123,26 @@ class Behaviour:
                                            for name, x in {ORIGINAL: r.original, **r.replayed}.items()}}
                               for r in s.rows]}
         return {"variants": self.variants, "sessions": [session(s) for s in self.sessions]}
+
+    def table(self) -> list[str]:
+        """Lines of a terminal table: does each session continue in each run (* = changed from the original)."""
+        names = [ORIGINAL, *self.variants]
+        width = max([len(s.id) for s in self.sessions] + [len("session")])
+        lines = ["session".ljust(width) + "".join(f"  {n:<16}" for n in names)]
+        for s in self.sessions:
+            cells = [s.original.label] + [s.replayed[v].label + (" *" if s.changed(v) else "") for v in self.variants]
+            lines.append(s.id.ljust(width) + "".join(f"  {c:<16}" for c in cells))
+        return lines
+
+
+BEHAVIOUR_FILE = "behaviour.json"
+
+
+def write_behaviour_json(behaviour: Behaviour, out: Path) -> Path:
+    """Write behaviour.json into ``out`` and return its path."""
+    path = out / BEHAVIOUR_FILE
+    path.write_text(json.dumps(behaviour.to_json(), indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    return path
 
 
 class _Index:

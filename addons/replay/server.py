@@ -27,7 +27,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSMsgType, web
 from mitmproxy import http
@@ -35,8 +35,10 @@ from mitmproxy import http
 from sessiontap.app.background import CLOSE_TIMEOUT, LoopbackServer, running_in_thread
 from sessiontap.app.capture import flow_records, read_capture
 from sessiontap.core.decode import is_audio_frame
+from sessiontap.core.errors import SessiontapError
 from sessiontap.core.model import HTTP, WEBSOCKET, Call, Exchange, Finding, FlowRecord, WsMessage
 from sessiontap.core.redact import Redactor
+from sessiontap.findings import write_findings
 from sessiontap.replay.match import (
     DEFAULT_IGNORE_PATHS,
     DEFAULT_MATCH_ON,
@@ -52,6 +54,9 @@ from sessiontap.replay.match import (
 )
 from sessiontap.router import SIGNED_URL_RE, rewrite_signed_url
 from sessiontap.tagger import TAG_HEADER
+
+if TYPE_CHECKING:
+    from sessiontap.app.runner import RecordResult
 
 MISS_STATUS = 501
 MISS_CLOSE_CODE = 4000  # private-use range (RFC 6455): the client sent what the recording does not hold
@@ -70,6 +75,7 @@ DROP_HEADERS = frozenset({
 })
 STREAM_TYPES = ("ndjson", "jsonl", "json-seq", "event-stream")
 NO_BODY_STATUSES = frozenset({204, 304})
+ALWAYS_IGNORED = ("user_id",)  # clients make a fresh user id each run; it names the user, not the content
 
 ReplaySource = str | Path | Sequence[http.HTTPFlow] | Iterable[FlowRecord] | Mapping[str, FlowRecord]
 
@@ -315,6 +321,19 @@ def miss_findings(misses: Sequence[ReplayMiss], flows: Sequence[http.HTTPFlow], 
         flow = next(answered[WEBSOCKET if miss.protocol == WEBSOCKET else HTTP], None)
         out.append(miss.finding(flow.id if flow else None, by_flow.get(flow.id, []) if flow else []))
     return out
+
+
+def record_misses(result: RecordResult, misses: Sequence[ReplayMiss]) -> None:
+    """Add a replay's misses to its recorded analysis as replay-miss findings, and rewrite its findings.json."""
+    if not misses or result.analysis is None:
+        return
+    try:
+        flows = read_capture(Path(result.out)).flows
+    except SessiontapError:
+        flows = []  # the findings still name the recorded flow nearest to each miss
+    result.analysis.add_findings(miss_findings(misses, flows, result.analysis.calls))
+    result.verdict = result.analysis.verdict()
+    write_findings(result.analysis, Path(result.out))
 
 
 # --- the server --------------------------------------------------------------------------------

@@ -7,13 +7,19 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import click
 import pytest
 from mitmproxy import io
 
 from sessiontap.app.capture import analyse_flows, flow_records, read_capture
-from sessiontap.app.cli import replay_upstream
-from sessiontap.replay.client import REPLAY_OF_HEADER, Replayer, build_plan, parse_replay_of, replay_of
+from sessiontap.replay.client import (
+    REPLAY_OF_HEADER,
+    Replayer,
+    ReplayTargetError,
+    build_plan,
+    parse_replay_of,
+    replay_of,
+    replay_upstream,
+)
 from sessiontap.replay.vary import AS_RECORDED
 from sessiontap.router import DEFAULT_UPSTREAM
 from sessiontap.simulator.server import Faults, running_simulator
@@ -173,26 +179,16 @@ def test_failing_and_silent_upstreams_fail_calls_clearly_and_the_run_ends(demo, 
     assert down.returncode == 1 and "is not reachable" in down.stderr and "Traceback" not in down.stderr
 
 
-def test_the_real_api_needs_live_and_a_key_and_nothing_is_sent_before(demo, sessiontap_home, tmp_path):
-    refused = [
-        (["--live"], "needs ELEVENLABS_API_KEY"),
-        (["--to", "https://api.elevenlabs.io"], "is not on this machine; add --live"),
-        (["--to", "ftp://127.0.0.1"], "expected an http"),
-        (["--vary-context", "everything"], "unknown context mode"),
-        (["--match-on", "method"], "is for server replay"),
-    ]
-    for args, message in refused:
-        proc = client_replay(demo, tmp_path / "never", sessiontap_home, *args)
-        assert proc.returncode == 2 and message in proc.stderr, (args, proc.stderr)
-    assert not (tmp_path / "never").exists()
-    proc = subprocess.run([SESSIONTAP, "replay", str(demo), "--vary-context", "full", "--", "true"],
-                          capture_output=True, text=True, timeout=30, env=clean_env(sessiontap_home))
-    assert proc.returncode == 2 and "--vary-context needs --client" in proc.stderr
+def test_the_replay_target_policy_refuses_other_hosts_without_live_and_a_key():
     assert replay_upstream(None, True, {"ELEVENLABS_API_KEY": "sk_x"}) == DEFAULT_UPSTREAM
     assert replay_upstream("http://localhost:8080", False, {}) == "http://localhost:8080"
+    assert replay_upstream("http://127.0.0.2:9", False, {}) == "http://127.0.0.2:9"
     assert replay_upstream(None, False, {}) is None  # the built-in simulator
-    with pytest.raises(click.UsageError):
+    with pytest.raises(ReplayTargetError, match="is not on this machine"):
         replay_upstream("http://10.0.0.1:80", False, {})
+    with pytest.raises(ReplayTargetError, match="needs ELEVENLABS_API_KEY"):
+        replay_upstream(None, True, {})
+    assert replay_upstream("https://example.invalid", True, {"ELEVENLABS_API_KEY": "sk_x"}) == "https://example.invalid"
 
 
 def test_only_elevenlabs_agent_calls_are_resent_and_other_apis_keys_never_reach_the_plan():

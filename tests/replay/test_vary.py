@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from sessiontap.core.decode import FORMAT_FLAT, FORMAT_STRUCTURED, FORMAT_TRANSCRIPT, HISTORY_FIELD, decode_simulate
 from sessiontap.core.model import AGENT, USER, Exchange, SessionState, Turn
-from sessiontap.core.rules import Settings, context_format
+from sessiontap.core.rules import context_format
+from sessiontap.core.settings import Settings
 from sessiontap.replay import vary
 
 HISTORY = [Turn(USER, "I need to classify cotton t-shirts."), Turn(AGENT, "Which country are they made in?"),

@@ -1,0 +1,1 @@
+"""Between mitmproxy and the core: flows to records and back (adapt), fail-open hooks (guard), option checks."""
