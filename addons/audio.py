@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
 from mitmproxy import http
 
 from sessiontap.bridge.guard import guarded
-from sessiontap.core.decode import is_audio_frame
+from sessiontap.core.protocol import is_audio_frame, parse_frame
 
 AUDIO_KEY = "sessiontap.audio"
 
@@ -15,10 +13,7 @@ AUDIO_KEY = "sessiontap.audio"
 def _is_audio(text: str) -> bool:
     if '"user_audio_chunk"' not in text and '"audio"' not in text:
         return False
-    try:
-        return is_audio_frame(json.loads(text))
-    except ValueError:
-        return False
+    return is_audio_frame(parse_frame(text))
 
 
 class AudioSummary:

@@ -12,8 +12,8 @@ from mitmproxy.addonmanager import Loader
 
 from sessiontap.bridge.guard import guarded
 from sessiontap.bridge.options import Check, check_updated, sessiontap_values
-from sessiontap.core.analysis import Analysis, Analyzer, Closing
-from sessiontap.core.model import Call, Finding, Note
+from sessiontap.core.analysis import Analysis, Analyzer
+from sessiontap.core.model import Call, Closing, Finding, Note
 from sessiontap.core.rules import ERROR
 from sessiontap.core.settings import (
     DEFAULTS,
@@ -98,8 +98,7 @@ class Findings:
 
     @guarded
     def on_close(self, closing: Closing, flow: http.HTTPFlow, info: dict[str, Any]) -> None:
-        self._publish(self.analyzer.close_conversation(closing.key, closing.flow_id, closing.code,
-                                                       closing.by_client), flow)
+        self._publish(self.analyzer.close_conversation(closing), flow)
 
     def on_first_message(self, agent_id: str, text: str) -> None:
         self.analyzer.first_messages[agent_id] = text

@@ -19,8 +19,7 @@ from mitmproxy.addonmanager import Loader
 
 from sessiontap.bridge import adapt
 from sessiontap.bridge.guard import guarded
-from sessiontap.core.analysis import Closing
-from sessiontap.core.model import Call, Note
+from sessiontap.core.model import Call, Closing, Note
 from sessiontap.core.redact import Redactor
 
 log = logging.getLogger("sessiontap")

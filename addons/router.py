@@ -13,11 +13,11 @@ from mitmproxy.proxy import mode_specs
 
 from sessiontap.bridge.guard import guarded
 from sessiontap.bridge.options import Check, check_updated
+from sessiontap.core.protocol import SIGNED_URL_RE
 
 DEFAULT_UPSTREAM = "https://api.elevenlabs.io"
 # Every ElevenLabs API host: the default one and the regional and residency ones.
 ELEVENLABS_HOSTS = r"^api(\.us|\.(eu|in|sg)\.residency)?\.elevenlabs\.io(:\d+)?$"
-SIGNED_URL_RE = re.compile(r"/v1/convai/conversation/get[-_]signed[-_]url/?$")
 ORIGIN_KEY = "sessiontap.client_origin"
 MODES = ["regular", "reverse"]
 

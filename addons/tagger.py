@@ -11,9 +11,9 @@ from mitmproxy.addonmanager import Loader
 from sessiontap.bridge import adapt
 from sessiontap.bridge.guard import guarded
 from sessiontap.bridge.options import Check, check_updated
-from sessiontap.core.analysis import Closing
-from sessiontap.core.decode import Decoded, WsDecoder, decode_exchange, header, is_conversational, is_websocket_path
-from sessiontap.core.model import Call, Note
+from sessiontap.core.decode import Decoded, WsDecoder, decode_exchange
+from sessiontap.core.model import Call, Closing, Note
+from sessiontap.core.protocol import header, is_conversational, is_websocket_path
 from sessiontap.core.sessions import SessionTracker
 from sessiontap.core.settings import DEFAULTS, check_session_gap
 
@@ -55,6 +55,11 @@ class SessionTagger:
             "sessiontap_session_field", str, DEFAULTS.session_field,
             "Dotted JSON body field in which the client declares its session id, e.g. "
             "'metadata.session_id' ('' for none).",
+        )
+        loader.add_option(
+            "sessiontap_client", str, "",
+            "Name of the client that makes all the traffic ('' : each client is told apart by its address, "
+            "User-Agent and key fingerprint). `sessiontap record -- CMD` names the run.",
         )
         loader.add_option(
             "sessiontap_session_gap", float, DEFAULTS.session_gap,
@@ -100,13 +105,16 @@ class SessionTagger:
     def request(self, flow: http.HTTPFlow) -> None:
         if not flow.live or not is_conversational(flow.request.path.split("?", 1)[0]):
             return
+        client = adapt.client_identity(flow, ctx.options.sessiontap_client)
         if is_websocket_path(flow.request.path.split("?", 1)[0]):
             name = self._options()[0]
             declared = header(adapt.request_headers(flow), name) if name else None
             sid = declared or f"ws-{flow.id[:8]}"
             flow.request.headers[TAG_HEADER] = sid
-            flow.metadata[META_KEY] = {"session": sid, "session_source": "client" if declared else ""}
+            flow.metadata[META_KEY] = {"session": sid, "session_source": "client" if declared else "",
+                                       adapt.CLIENT_KEY: client}
             return
+        flow.metadata[META_KEY] = {adapt.CLIENT_KEY: client}
         found = decode_exchange(adapt.exchange(flow), *self._options())
         if not found.calls:
             return
@@ -114,7 +122,7 @@ class SessionTagger:
         self.tracker.assign(call)
         self.pending[flow.id] = call
         flow.request.headers[TAG_HEADER] = call.session
-        flow.metadata[META_KEY] = {"session": call.session, "session_source": call.session_source}
+        flow.metadata[META_KEY].update(session=call.session, session_source=call.session_source)
 
     @guarded
     def response(self, flow: http.HTTPFlow) -> None:
@@ -123,7 +131,7 @@ class SessionTagger:
         if flow.websocket is not None:
             self.sockets[flow.id] = WsDecoder(
                 flow.id, flow.request.url, adapt.request_headers(flow), flow.request.timestamp_start,
-                adapt.client_addr(flow, with_port=False), self._options()[0],
+                adapt.client_identity(flow), self._options()[0], adapt.connection(flow),
             )
             flow.response.headers[TAG_HEADER] = flow.metadata.get(META_KEY, {}).get("session", "")
             return
@@ -132,6 +140,7 @@ class SessionTagger:
         if started is not None:
             for call in found.calls:
                 call.session, call.session_source = started.session, started.session_source
+                call.session_evidence = started.session_evidence
             flow.response.headers[TAG_HEADER] = started.session
         self._emit(flow, found)
 
@@ -141,11 +150,11 @@ class SessionTagger:
             return
         started = self.pending.pop(flow.id, None)
         msg = flow.error.msg if flow.error else "unknown error"
-        found = Decoded(notes=[Note(flow.id, "upstream-error", msg)])
-        if started is not None:
-            started.error = msg
-            found.calls.append(started)
-        self._emit(flow, found)
+        if started is None:  # no call to pin it on: the failure is a note of its own
+            self._emit(flow, Decoded(notes=[Note(flow.id, "upstream-error", msg)]))
+            return
+        started.error, started.ended = msg, flow.error.timestamp if flow.error else started.started
+        self._emit(flow, Decoded(calls=[started]))
 
     @guarded
     def websocket_message(self, flow: http.HTTPFlow) -> None:
@@ -166,6 +175,7 @@ class SessionTagger:
         meta.update(conversation_id=dec.conversation_id, user_id=dec.user_id, turns=dec.turns)
         closing = Closing(dec.conversation_id or flow.id, flow.id, ws.close_code, ws.closed_by_client,
                           ws.timestamp_end or 0.0)
+        self.tracker.close(closing.key, closing.time or flow.request.timestamp_start)
         info = {"turns": dec.turns, "audio_frames": dec.audio_frames, "audio_bytes": dec.audio_bytes}
         for listener in self.listeners:
             listener.on_close(closing, flow, info)

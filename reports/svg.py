@@ -34,7 +34,14 @@ class DiagramRow:
 
 
 def _clip(text: str, n: int) -> str:
-    return text if len(text) <= n else text[: n - 1] + "…"
+    """The text cut to at most n characters, at a word boundary when one is near, with an ellipsis."""
+    if len(text) <= n:
+        return text
+    cut = text[: n - 1]
+    space = cut.rfind(" ")
+    if space >= n // 2:
+        cut = cut[:space]
+    return cut.rstrip(" ,;:(") + "…"
 
 
 def _text(x: float, y: float, text: str, cls: str = "", anchor: str = "start") -> str:

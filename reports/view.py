@@ -20,6 +20,7 @@ from markupsafe import Markup
 from sessiontap.core.analysis import Analysis, context_size
 from sessiontap.core.contextdiff import ContextDiff, diff
 from sessiontap.core.model import HTTP, WEBSOCKET, Call, Finding, FlowRecord, SessionState, Turn, WsMessage
+from sessiontap.core.protocol import frame_type, parse_frame
 from sessiontap.core.rules import ERROR, INFO, RULES, WARNING, carried_context
 from sessiontap.core.settings import DEFAULTS
 from sessiontap.reports.svg import DiagramRow, GrowthPoint, flow_diagram, growth_chart
@@ -137,6 +138,7 @@ class SessionView:
     id: str
     anchor: str
     id_source: str
+    evidence: str  # how its calls were grouped, e.g. "server conversation ×4, order in time ×1"
     protocol: str
     n_calls: int
     server_conversations: int
@@ -162,6 +164,7 @@ class FindingView:
     session_anchor: str
     calls: list[tuple[str, str]]  # (label, anchor)
     evidence: str
+    times: int = 1  # findings of this rule in this session, shown as one
 
 
 @dataclass(slots=True)
@@ -177,7 +180,7 @@ class RuleGroup:
     @property
     def hidden(self) -> int:
         """Findings of this rule not listed on the page."""
-        return self.total - len(self.findings)
+        return self.total - sum(f.times for f in self.findings)
 
 
 @dataclass(slots=True)
@@ -283,12 +286,11 @@ def message_kind(text: str | None) -> str:
     """The ``type`` of a WebSocket JSON message ("binary" or "text" when it has none)."""
     if text is None:
         return "binary"
-    try:
-        obj = json.loads(text)
-    except ValueError:
+    obj = parse_frame(text)
+    if obj is None and text.strip() != "null":
         return "text"
-    kind = obj.get("type") if isinstance(obj, dict) else None
-    return _SAFE.sub("_", str(kind))[:60] if kind else "json"
+    kind = frame_type(obj)
+    return _SAFE.sub("_", kind)[:60] if kind else "json"
 
 
 # -- diffs -------------------------------------------------------------------------------------------------------
@@ -516,7 +518,9 @@ def protocol_rows(analysis: Analysis) -> list[ProtocolRow]:
 def session_view(state: SessionState, found: list[Finding], index: ReportIndex) -> SessionView:
     """A session's summary from its findings (its details are filled by ``detail_session`` when shown)."""
     return SessionView(
-        id=state.id, anchor=index.session_anchor[state.id], id_source=state.source, protocol=state.protocol,
+        id=state.id, anchor=index.session_anchor[state.id], id_source=state.source,
+        evidence=", ".join(f"{kind} ×{n}" for kind, n in sorted(state.evidence.items(), key=lambda kv: -kv[1])),
+        protocol=state.protocol,
         n_calls=len(state.calls), server_conversations=len(state.server_conversations), resets=len(state.resets),
         severity=worst([f.severity for f in found]), rules=sorted({f.rule for f in found}),
         started=clock(state.calls[0].started) if state.calls else "")
@@ -547,13 +551,19 @@ def build_report(analysis: Analysis, meta: Meta) -> tuple[ReportView, ReportInde
             top.append(finding_view(f, index))
     groups: dict[str, RuleGroup] = {}
     by_session: dict[str, list[Finding]] = {}
+    once: dict[tuple[str, str, str], FindingView] = {}  # (rule, session, severity): one entry with all its calls
     for f in analysis.findings:
         by_session.setdefault(f.session, []).append(f)
         g = groups.setdefault(f.rule, RuleGroup(f.rule, RULES.get(f.rule, ""), f.severity, []))
         g.severity = worst([g.severity, f.severity])
         g.total += 1
-        if len(g.findings) < FINDINGS_SHOWN:
-            g.findings.append(finding_view(f, index))
+        shown = once.get((f.rule, f.session, f.severity))
+        if shown is not None:
+            shown.times += 1
+            shown.calls += [c for c in finding_view(f, index).calls if c not in shown.calls]
+        elif len(g.findings) < FINDINGS_SHOWN:
+            once[(f.rule, f.session, f.severity)] = view = finding_view(f, index)
+            g.findings.append(view)
     sessions = [session_view(s, by_session.get(s.id, []), index) for s in analysis.sessions]
     order = {s.id: i for i, s in enumerate(analysis.sessions)}
     sessions.sort(key=lambda v: (SEVERITY_RANK.get(v.severity, 3), -v.resets, order[v.id]))

@@ -12,10 +12,10 @@ from mitmproxy.exceptions import FlowReadException
 
 from sessiontap.audio import AUDIO_KEY
 from sessiontap.bridge import adapt
-from sessiontap.core.analysis import Analysis, Closing, analyse
+from sessiontap.core.analysis import Analysis, analyse
 from sessiontap.core.decode import decode_exchange, decode_websocket
 from sessiontap.core.errors import CaptureError
-from sessiontap.core.model import Call, FlowRecord, Note
+from sessiontap.core.model import Call, Closing, FlowRecord, Note
 from sessiontap.core.redact import Redactor
 from sessiontap.core.settings import DEFAULTS, Settings
 
@@ -70,14 +70,12 @@ def analyse_flows(flows: list[http.HTTPFlow], settings: Settings = DEFAULTS) -> 
             found = decode_websocket(
                 flow.id, flow.request.url, adapt.request_headers(flow), flow.request.timestamp_start,
                 (adapt.ws_message(m) for m in ws.messages), ws.close_code, ws.timestamp_end,
-                adapt.client_addr(flow, with_port=False), session_header)
+                adapt.client_identity(flow), session_header, adapt.connection(flow))
             key = found.calls[0].server_conversation if found.calls else flow.id
             closings.append(Closing(key, flow.id, ws.close_code, ws.closed_by_client,
                                     ws.timestamp_end or flow.request.timestamp_start))
         else:
             found = decode_exchange(adapt.exchange(flow), session_header, session_field)
-            if flow.error and found.calls:
-                found.notes.append(Note(flow.id, "upstream-error", flow.error.msg))
         calls += found.calls
         notes += found.notes
         first.update(found.first_messages)

@@ -82,8 +82,12 @@ def record(config: Path | None, mode: str | None, upstream: str | None, listen_h
 @click.option("--latency", type=float, default=0.0, help="Seconds to wait before each answer.")
 @click.option("--fail-status", type=int, help="Answer every HTTP request with this status.")
 @click.option("--ws-close-code", type=int, help="Close sockets with this code (1006: abort) after each user message.")
+@click.option("--history-echo", is_flag=True,
+              help="Answer simulate-conversation with the history sent followed by the new turns.")
+@click.option("--stream-framing", type=click.Choice(["ndjson", "sse"]), default="ndjson", show_default=True,
+              help="How simulate-conversation/stream frames its turns.")
 def simulate(host: str, port: int, api_key: str | None, latency: float, fail_status: int | None,
-             ws_close_code: int | None) -> None:
+             ws_close_code: int | None, history_echo: bool, stream_framing: str) -> None:
     """Run the built-in ElevenLabs simulator (HTTP and WebSocket) on loopback.
 
     It serves the ElevenLabs conversational endpoints with a deterministic customs
@@ -93,7 +97,7 @@ def simulate(host: str, port: int, api_key: str | None, latency: float, fail_sta
 
     faults = Faults(latency=latency, status=fail_status, ws_close_code=ws_close_code)
     try:
-        serve(host, port, api_key=api_key, faults=faults)
+        serve(host, port, api_key=api_key, faults=faults, history_echo=history_echo, stream_framing=stream_framing)
     except OSError as e:
         raise click.ClickException(f"cannot listen on {host}:{port}: {e.strerror or e}") from e
 

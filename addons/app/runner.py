@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import shlex
 import signal
 import socket
 import sys
@@ -174,6 +175,8 @@ async def record(settings: dict[str, Any], command: list[str],
     ours = chain()
     ready = _Ready()
     master.addons.add(ready, *ours.addons, *default_addons())
+    if command and not settings.get("sessiontap_client"):
+        settings = {**settings, "sessiontap_client": "run: " + shlex.join(command)[:120]}  # the run is the client
     try:
         master.options.update(**mitm_options(settings, conf))
         master.options.update(**settings)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 from mitmproxy import http
 
 from sessiontap.core.model import Exchange, WsMessage
@@ -14,12 +16,37 @@ def _headers(h: http.Headers | None) -> dict[str, str]:
     return {k.lower(): v for k, v in h.items(multi=False)}
 
 
-def client_addr(flow: http.HTTPFlow, with_port: bool) -> str:
-    """The client's address as "ip" or "ip:port" ("" when unknown)."""
+CLIENT_KEY = "client"  # in flow.metadata["sessiontap"]: the client as the live run named it
+KEY_HEADERS = ("xi-api-key", "authorization", "x-api-key", "api-key")
+
+
+def connection(flow: http.HTTPFlow) -> str:
+    """The client connection as "ip:port" ("" when unknown)."""
     peer = flow.client_conn.peername
-    if not peer:
-        return ""
-    return f"{peer[0]}:{peer[1]}" if with_port else str(peer[0])
+    return f"{peer[0]}:{peer[1]}" if peer else ""
+
+
+def key_fingerprint(headers: dict[str, str]) -> str:
+    """A short fingerprint of the API key a request carries, never the key ("" when none)."""
+    key = next((headers[name] for name in KEY_HEADERS if headers.get(name)), "")
+    return hashlib.sha256(key.encode("utf-8", "replace")).hexdigest()[:8] if key else ""
+
+
+def client_identity(flow: http.HTTPFlow, run: str = "") -> str:
+    """Who made the flow: the name the live run gave it, else ``run``, else address + User-Agent + key fingerprint.
+
+    The address is taken without its port: every new connection has a new port, and one client
+    opens many.
+    """
+    named = flow.metadata.get("sessiontap", {}).get(CLIENT_KEY)
+    if isinstance(named, str) and named:
+        return named
+    if run:
+        return run
+    peer = flow.client_conn.peername
+    headers = _headers(flow.request.headers)
+    parts = [str(peer[0]) if peer else "", headers.get("user-agent", ""), key_fingerprint(headers)]
+    return " ".join(p for p in parts if p)
 
 
 def exchange(flow: http.HTTPFlow) -> Exchange:
@@ -40,7 +67,8 @@ def exchange(flow: http.HTTPFlow) -> Exchange:
         response_body=(resp.get_content(strict=False) if resp and resp.raw_content is not None else None),
         ended=(resp.timestamp_end if resp else None) or (flow.error.timestamp if flow.error else None),
         error=flow.error.msg if flow.error else None,
-        client=client_addr(flow, with_port=True),
+        client=client_identity(flow),
+        connection=connection(flow),
     )
 
 

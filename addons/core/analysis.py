@@ -8,22 +8,19 @@ that ``findings.json``, the terminal verdict and the report are all made from.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sessiontap.core import rules
 from sessiontap.core.contextdiff import ContextDiff, approx_tokens, diff
-from sessiontap.core.model import Call, Finding, Note, ServerConversation, SessionState
+from sessiontap.core.model import Call, Closing, Finding, Note, ServerConversation, SessionState
 from sessiontap.core.rules import ERROR, INFO, WARNING
-from sessiontap.core.sessions import CLIENT, SessionTracker, prefix_hashes
+from sessiontap.core.sessions import BY_NEW, CLIENT, INFERRED, LINEAGE, SessionTracker
 from sessiontap.core.settings import Settings
 
 FORMAT_VERSION = 1  # findings.json: 1 = first published shape (DESIGN.md)
 SEVERITY_ORDER = {ERROR: 0, WARNING: 1, INFO: 2}
-NOTE_SEVERITY = {"request-body": WARNING, "response-body": WARNING, "invalid-json": WARNING,
-                 "analysis-error": WARNING, "binary-frame": INFO, "unknown-message-type": INFO,
-                 "unknown-message": INFO}
 
 
 @dataclass(slots=True)
@@ -55,7 +52,7 @@ class Analysis:
         return [{
             "id": s.id, "id_source": s.source, "protocol": s.protocol, "calls": len(s.calls),
             "server_conversations": len(s.server_conversations), "resets": len(s.resets),
-            "first_call": s.calls[0].id if s.calls else None,
+            "first_call": s.calls[0].id if s.calls else None, "evidence": dict(s.evidence),
         } for s in self.sessions]
 
     def to_json(self, version: str) -> dict[str, Any]:
@@ -70,30 +67,42 @@ class Analysis:
         }
 
     def verdict(self) -> str:
-        """One line: sessions, calls, resets and the main causes."""
+        """One line: sessions, calls, resets and the main causes, built from the findings' rule ids."""
         resets = sum(len(s.resets) for s in self.sessions)
         convs = sum(len(s.server_conversations) for s in self.sessions)
         head = " · ".join(count(n, word) for n, word in ((len(self.sessions), "session"), (len(self.calls), "call"),
                                                          (convs, "server conversation"), (resets, "reset")))
-        counts = Counter(f.rule for f in self.findings if f.severity == ERROR)
-        causes = []
-        if counts["repeated-opening"]:
-            causes.append(f"agent repeated its opening line {counts['repeated-opening']}×")
-        if any(f.rule == "context-ignored" and "ignores" in f.message for f in self.findings):
+        errors = Counter(f.rule for f in self.findings if f.severity == ERROR)
+        warnings = Counter(f.rule for f in self.findings if f.severity == WARNING)
+        causes = [text(errors[rule]) for rule, text in CAUSES if errors[rule]]
+        if any(f.rule == "context-ignored" and f.evidence.get("ignored_field") for f in self.findings):
             causes.append("context sent in a field the API ignores")
-        if counts["new-conversation-per-message"]:
-            causes.append("a new WebSocket conversation for every message")
-        if counts["context-reset"]:
-            causes.append(f"context went back to empty {counts['context-reset']}×")
-        if counts["session-id-collision"]:
-            causes.append("one session id shared by several conversations")
-        if counts["upstream-error"]:
-            causes.append("upstream failures")
-        if counts["replay-miss"]:
-            causes.append(f"{counts['replay-miss']} requests the replayed capture does not hold")
+        failed = sum(1 for c in self.calls if c.failed)
+        upstream = errors["upstream-error"] + warnings["upstream-error"]
+        if upstream:
+            causes.append(f"{count(upstream, 'upstream failure')}" + (f" ({count(failed, 'call')} failed)"
+                                                                       if failed else ""))
+        if not self.calls:
+            return head + ": no calls seen" + (f", {', '.join(causes)}" if causes else "")
+        if failed == len(self.calls):
+            return head + ": no call succeeded, " + ", ".join(causes or ["every call failed"])
         if not causes:
-            return head + ": the conversation continues" if self.calls else head + ": no calls seen"
+            doubts = sum(n for rule, n in warnings.items() if rule in DOUBTS)
+            return head + ": the conversation continues" + (f" ({count(doubts, 'warning')} to check)"
+                                                            if doubts else "")
         return head + ": " + ", ".join(causes)
+
+
+# Error findings named in the verdict, most telling first (rule id -> how the verdict says it).
+CAUSES: tuple[tuple[str, Callable[[int], str]], ...] = (
+    ("repeated-opening", lambda n: f"agent repeated its opening line {n}×"),
+    ("new-conversation-per-message", lambda n: "a new WebSocket conversation for every message"),
+    ("context-reset", lambda n: f"context lost {n}×"),
+    ("context-ignored", lambda n: f"context sent but ignored {n}×"),
+    ("session-id-collision", lambda n: "one session id shared by several conversations"),
+    ("replay-miss", lambda n: f"{n} requests the replayed capture does not hold"),
+)
+DOUBTS = ("context-reset", "context-missing-turn", "context-format", "context-oversize", "session-id-churn")
 
 
 def count(n: int, word: str) -> str:
@@ -104,9 +113,13 @@ def count(n: int, word: str) -> str:
 class Analyzer:
     """Runs the rules over calls as they come; keeps the state the report needs."""
 
-    def __init__(self, settings: Settings | None = None, tracker: SessionTracker | None = None) -> None:
+    def __init__(self, settings: Settings | None = None, tracker: SessionTracker | None = None,
+                 reused: Iterable[str] = ()) -> None:
         self.settings = settings or Settings()
-        self.tracker = tracker or SessionTracker(self.settings.session_gap)
+        self.reused = frozenset(reused)  # connections known to carry several calls (the whole capture's, offline)
+        self.tracker = tracker or SessionTracker(self.settings.session_gap, self.reused)
+        self.thread_trackers: dict[str, SessionTracker] = {}  # per session: its conversations (lineage threads)
+        self.thread_numbers: dict[str, dict[str, int]] = {}
         self.sessions: dict[str, SessionState] = {}
         self.calls: list[Call] = []
         self.diffs: dict[str, ContextDiff] = {}
@@ -116,27 +129,60 @@ class Analyzer:
         self.conversation_session: dict[str, str] = {}
         self.events: list[Call | Closing | tuple[Note, str]] = []  # in arrival order, to split sessions after
         self.thread_of: dict[str, tuple[str, int]] = {}  # call id -> (session, lineage thread), client-named
+        self._raised: set[tuple[str, str, tuple[str, ...], str]] = set()
+        self.interleaved: set[str] = set()  # sessions that held conversations interleaving in time
 
     def _state(self, call: Call) -> SessionState:
         state = self.sessions.get(call.session)
         if state is None:
             state = SessionState(call.session, call.session_source, call.protocol)
             self.sessions[call.session] = state
+        elif call.session_source == INFERRED:
+            state.source = INFERRED  # order in time joined another server conversation to it
+        if call.session_evidence:
+            state.evidence[call.session_evidence] = state.evidence.get(call.session_evidence, 0) + 1
         return state
 
-    def _thread(self, state: SessionState, call: Call, prev: Call | None) -> int:
-        """Which lineage thread of the session this call continues (a new one when none)."""
-        _, carried = rules.carried_context(call)
-        thread = next((state.threads[h] for h in reversed(prefix_hashes(carried)) if h in state.threads), None)
-        if thread is None:
-            thread = len(state.thread_calls) + 1
+    def _thread(self, state: SessionState, call: Call) -> int:
+        """Which conversation of the session (lineage thread) this call continues; a new number when none.
+
+        The session's calls are grouped again as if nothing were declared, by what the wire proves
+        (``SessionTracker`` without order in time, on a copy of the call), so look-alike
+        conversations under one id are told apart by their lineage, connections and timing.
+        """
+        tracker = self.thread_trackers.setdefault(
+            state.id, SessionTracker(self.settings.session_gap, self.reused, infer_order=False))
+        numbers = self.thread_numbers.setdefault(state.id, {})
+        bare = replace(call, declared_session=None, session="", session_source="", session_evidence="",
+                       churned_from=None, user_id=None, context=list(rules.carried_context(call)[1]))
+        sid = tracker.assign(bare)
+        tracker.complete(bare)
+        thread = numbers.setdefault(sid, len(numbers) + 1)
+        if thread == len(numbers) and thread not in state.thread_calls:
             state.latest_thread = thread
         state.thread_calls[thread] = state.thread_calls.get(thread, 0) + 1
-        after = carried + [t for t in rules.carried_state(call)[len(call.context):]]
-        for turns in (carried, after):
-            if turns:
-                state.threads[prefix_hashes(turns)[-1]] = thread
         return thread
+
+    def close_thread(self, closing: Closing) -> None:
+        """Let the session's thread tracker know a socket ended."""
+        sid = self.conversation_session.get(closing.key, "")
+        tracker = self.thread_trackers.get(sid)
+        if tracker is not None:
+            tracker.close(closing.key, closing.time)
+
+    def _keep(self, found: list[Finding]) -> list[Finding]:
+        """The findings not yet raised: each (rule, session, calls or flows) once."""
+        fresh = []
+        for f in found:
+            key = (f.rule, f.session, tuple(f.call_ids) or tuple(f.flow_ids), f.message if not f.call_ids else "")
+            if key not in self._raised:
+                self._raised.add(key)
+                fresh.append(f)
+        self.findings += fresh
+        return fresh
+
+    def _judged(self, state: SessionState, **event: Any) -> rules.Judged:
+        return rules.Judged(state, self.settings, self.first_messages, **event)
 
     def add_call(self, call: Call) -> list[Finding]:
         """Judge one call (its session assigned if not yet); return the findings it raised."""
@@ -157,85 +203,83 @@ class Analyzer:
             conv.user_messages += 1
         if prev is not None:
             self.diffs[call.id] = diff(prev.context, call.context)
-        found: list[Finding] = []
-        s, fm = self.settings, self.first_messages
-        found += rules.upstream_error(call, state)
         thread = self.thread_of.get(prev.id, ("", 1))[1] if prev else 1
-        if not rules.is_retry(call, prev) and not found:
-            thread = self._thread(state, call, prev)
-            found += rules.context_reset(state, call, prev, s)
-            found += rules.repeated_opening(state, call, prev, s, fm)
-            found += rules.context_ignored(state, call, prev, s, fm)
-            found += rules.context_missing_turn(state, call, prev, s)
-            found += rules.context_oversize(state, call, prev, s)
-            found += rules.context_format(state, call, prev, s)
-            found += rules.session_id_collision(state, call, prev, s, thread)
-            found += rules.session_id_churn(state, call, prev, s)
+        judge_continuity = not call.failed and not rules.is_retry(call, prev)
+        if judge_continuity:
+            thread = self._thread(state, call)
+        found = rules.judge(rules.CALL, self._judged(state, call=call, prev=prev, thread=thread), judge_continuity)
         state.calls.append(call)
-        found += rules.new_conversation_per_message(state, call, prev, s)
+        found += rules.judge(rules.JOINED, self._judged(state, call=call, prev=prev, thread=thread))
         if state.opening is None:
             state.opening = call.opening
-        if state.source == CLIENT:
-            self.thread_of[call.id] = (state.id, thread)
+        self.thread_of[call.id] = (state.id, thread)
+        went_on = thread != state.latest_thread and state.thread_calls.get(thread, 0) > 1
+        if went_on and state.source in (CLIENT, INFERRED):
+            self.interleaved.add(state.id)  # an earlier conversation went on after a later one began
         self.calls.append(call)
         self.events.append(call)
-        self.findings += found
-        return found
+        return self._keep(found)
 
     def add_note(self, note: Note, session: str = "") -> list[Finding]:
-        """Turn a decoder note into an unparsed-payload or upstream-error finding."""
+        """Judge something that is not a call: an undecodable payload, an upstream failure, a replay miss."""
         self.notes.append(note)
         self.events.append((note, session))
-        if note.kind == "upstream-error":
-            finding = Finding("upstream-error", WARNING, session, [note.flow_id], f"the upstream failed: {note.detail}",
-                              evidence={"error": note.detail},
-                              fix="not a client fault; check that the upstream is up and reachable")
-        else:
-            finding = Finding("unparsed-payload", NOTE_SEVERITY.get(note.kind, WARNING), session, [note.flow_id],
-                              f"{note.kind}: {note.detail}", evidence={"kind": note.kind, "detail": note.detail},
-                              fix="sessiontap passed the payload through unchanged; check the client sends JSON "
-                                  "text frames of the documented types")
-        self.findings.append(finding)
-        return [finding]
+        state = self.sessions.get(session) or SessionState(session, "", "")
+        return self._keep(rules.judge(rules.NOTE, self._judged(state, note=note)))
 
-    def close_conversation(self, key: str, flow_id: str, code: int | None, by_client: bool | None) -> list[Finding]:
-        """A socket ended: remember how; an abnormal server-side close is an upstream-error."""
-        self.events.append(Closing(key, flow_id, code, by_client, 0.0))
-        sid = self.conversation_session.get(key, "")
+    def close_conversation(self, closing: Closing) -> list[Finding]:
+        """A socket ended: remember how and when; an abnormal server-side close is an upstream-error."""
+        self.events.append(closing)
+        self.tracker.close(closing.key, closing.time)
+        self.close_thread(closing)
+        sid = self.conversation_session.get(closing.key, "")
         state = self.sessions.get(sid)
-        conv = state.server_conversations.get(key) if state else None
+        conv = state.server_conversations.get(closing.key) if state else None
         if conv is not None:
-            conv.close_code, conv.closed_by_client = code, by_client
-        if code in (1011, 1006) and not by_client:
-            finding = Finding("upstream-error", WARNING, sid, [flow_id],
-                              f"the server closed the WebSocket abnormally (code {code})",
-                              evidence={"close_code": code},
-                              fix="not a client fault; a reconnect after this is a new conversation")
-            self.findings.append(finding)
-            return [finding]
-        return []
+            conv.close_code, conv.closed_by_client = closing.code, closing.by_client
+        state = state or SessionState(sid, "", "")
+        return self._keep(rules.judge(rules.CLOSE, self._judged(state, closing=closing)))
 
     def result(self) -> Analysis:
         """The analysis so far, findings sorted by severity then by the order they were found.
 
-        A session whose declared id turned out to hold interleaved conversations
-        (``session-id-collision``) is split, one session per conversation, and analysed again.
+        A session that turned out to hold interleaved conversations is split, one session per
+        conversation, and analysed again: a declared id shared by them (``session-id-collision``),
+        or conversations that order in time had joined before their own lineage went on.
         """
-        collisions = [f for f in self.findings if f.rule == "session-id-collision"]
-        if collisions:
-            return self._split(collisions)
+        reused = connections_reused(self.calls)
+        if reused - self.reused:  # live, the reuse of connections is only known at the end: group again
+            return self._again(reused)
+        if self.interleaved:
+            return self._split([f for f in self.findings if f.rule == "session-id-collision"])
         return self._sorted()
 
+    def _again(self, reused: frozenset[str]) -> Analysis:
+        """The whole analysis again, in time order, knowing which connections carried several calls."""
+        calls = [c for c in self.events if isinstance(c, Call)]
+        for c in calls:
+            c.session = c.session_source = c.session_evidence = ""
+            c.churned_from = None
+        closings = [c for c in self.events if isinstance(c, Closing)]
+        notes = [n for n in self.events if isinstance(n, tuple)]
+        an = Analyzer(self.settings, reused=reused)
+        an.first_messages.update(self.first_messages)
+        run_in_time_order(an, calls, closings)
+        for note, session in notes:
+            an.add_note(note, session)
+        return an.result()
+
     def _split(self, collisions: list[Finding]) -> Analysis:
-        """Analyse the collided sessions again, one session per lineage thread; the others stay as they are."""
-        collided = {f.session for f in collisions}
-        again = Analyzer(self.settings)
+        """Analyse the interleaved sessions again, one session per lineage thread; the others stay as they are."""
+        collided = set(self.interleaved)
+        started: set[str] = set()
+        again = Analyzer(self.settings, reused=self.reused)
         again.first_messages.update(self.first_messages)
         split_into: dict[str, list[str]] = {}
         for ev in self.events:
             if isinstance(ev, Closing):
                 if self.conversation_session.get(ev.key) in collided:
-                    again.close_conversation(ev.key, ev.flow_id, ev.code, ev.by_client)
+                    again.close_conversation(ev)
             elif isinstance(ev, tuple):
                 if ev[1] in collided:
                     again.add_note(*ev)
@@ -243,6 +287,11 @@ class Analyzer:
                 origin, thread = self.thread_of.get(ev.id, (ev.session, 1))
                 if origin in collided:
                     ev.session = origin if thread == 1 else f"{origin}#{thread}"
+                    if ev.session_source == INFERRED:  # each part is a conversation of its own lineage
+                        ev.session_source = LINEAGE
+                        if ev.session not in started:
+                            ev.session_evidence = BY_NEW
+                    started.add(ev.session)
                     parts = split_into.setdefault(origin, [])
                     if ev.session not in parts:
                         parts.append(ev.session)
@@ -277,29 +326,36 @@ def context_size(call: Call) -> dict[str, int]:
     return {"turns": len(turns), "chars": sum(len(t.text) for t in turns), "tokens": approx_tokens(turns)}
 
 
-@dataclass(slots=True)
-class Closing:
-    """A socket's end, ordered among the calls by time."""
+def connections_reused(calls: Iterable[Call]) -> frozenset[str]:
+    """The client connections that carried more than one call (keep-alive HTTP, or one socket's turns)."""
+    seen: dict[str, str] = {}
+    reused = set()
+    for c in calls:
+        if c.connection:
+            first = seen.setdefault(c.connection, c.flow_id)
+            if first != c.flow_id:
+                reused.add(c.connection)
+    return frozenset(reused)
 
-    key: str
-    flow_id: str
-    code: int | None
-    by_client: bool | None
-    time: float
 
-
-def analyse(calls: Iterable[Call], notes: Iterable[Note] = (), first_messages: dict[str, str] | None = None,
-            closings: Iterable[Closing] = (), settings: Settings | None = None) -> Analysis:
-    """Analyse a finished recording: calls in start order, socket closes in time order."""
-    an = Analyzer(settings)
-    an.first_messages.update(first_messages or {})
+def run_in_time_order(an: Analyzer, calls: Iterable[Call], closings: Iterable[Closing]) -> None:
+    """Feed an analyzer the calls in start order and the socket closes in time order, interleaved."""
     events: list[tuple[float, int, Call | Closing]] = [(c.started, 0, c) for c in calls]
     events += [(c.time, 1, c) for c in closings]
     for _, _, ev in sorted(events, key=lambda e: (e[0], e[1])):
         if isinstance(ev, Call):
             an.add_call(ev)
         else:
-            an.close_conversation(ev.key, ev.flow_id, ev.code, ev.by_client)
+            an.close_conversation(ev)
+
+
+def analyse(calls: Iterable[Call], notes: Iterable[Note] = (), first_messages: dict[str, str] | None = None,
+            closings: Iterable[Closing] = (), settings: Settings | None = None) -> Analysis:
+    """Analyse a finished recording: calls in start order, socket closes in time order."""
+    calls = list(calls)
+    an = Analyzer(settings, reused=connections_reused(calls))
+    an.first_messages.update(first_messages or {})
+    run_in_time_order(an, calls, closings)
     for note in notes:
         an.add_note(note)
     return an.result()

@@ -18,17 +18,32 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from sessiontap.core.model import AGENT, CONTEXT, HTTP, USER, WEBSOCKET, Call, Exchange, Note, Turn, WsMessage
+from sessiontap.core.protocol import (
+    AGENT_RE,
+    KNOWN_CLIENT_TYPES,
+    KNOWN_SERVER_TYPES,
+    SIMULATE_RE,
+    agent_response_text,
+    conversation_id,
+    corrected_agent_text,
+    get,
+    header,
+    is_audio_frame,
+    json_body,
+    new_turns,
+    normalize_role,
+    simulated_turns,
+    turns_from_list,
+    user_message_text,
+)
 from sessiontap.core.settings import DEFAULTS
 
-SIMULATE_RE = re.compile(r"/v1/convai/agents/(?P<agent>[^/]+)/simulate-conversation(?P<stream>/stream)?/?$")
-AGENT_RE = re.compile(r"/v1/convai/agents/(?P<agent>[^/]+)/?$")
-WS_PATH_RE = re.compile(r"/v1/convai/conversation/?$")
 HISTORY_FIELD = "simulation_specification.partial_conversation_history"
 TRANSCRIPT_FIELD = "websocket transcript"
 
@@ -50,43 +65,7 @@ FORMAT_STRUCTURED = "structured"  # {"conversation_history": [...]} and similar 
 FORMAT_SUMMARY = "summary"  # free text with no turns in it
 FORMAT_EMPTY = "empty"
 
-_ROLE_WORDS = {
-    "user": USER,
-    "human": USER,
-    "customer": USER,
-    "officer": USER,
-    "agent": AGENT,
-    "assistant": AGENT,
-    "ai": AGENT,
-    "bot": AGENT,
-}
 _SPEAKER_RE = re.compile(r"(?:^|(?<=\s))(User|Human|Customer|Agent|Assistant|AI|Bot)\s*:\s*", re.I)
-
-
-def normalize_role(value: object) -> str | None:
-    """The canonical role (user or agent) for a role label, or None when unknown."""
-    if not isinstance(value, str):
-        return None
-    return _ROLE_WORDS.get(value.strip().lower())
-
-
-def _turn_from_obj(obj: object) -> Turn | None:
-    if not isinstance(obj, dict):
-        return None
-    role = normalize_role(obj.get("role"))
-    text = next(
-        (obj[k] for k in ("message", "content", "text") if isinstance(obj.get(k), str)),
-        None,
-    )
-    if role is None or text is None:
-        return None
-    time = obj.get("time_in_call_secs")
-    return Turn(role, text, float(time) if isinstance(time, int | float) else None)
-
-
-def turns_from_list(items: Iterable[object]) -> list[Turn]:
-    """The turns of a list of {role, message|content|text} objects, skipping what isn't one."""
-    return [t for t in (_turn_from_obj(i) for i in items) if t is not None]
 
 
 def turns_from_transcript(text: str) -> tuple[list[Turn], str]:
@@ -169,67 +148,13 @@ class Decoded:
     first_messages: dict[str, str] = field(default_factory=dict)
 
 
-def header(headers: dict[str, str], name: str) -> str | None:
-    """A header's value by case-insensitive name, or None."""
-    lname = name.lower()
-    return next((v for k, v in headers.items() if k.lower() == lname), None)
-
-
-def _json_body(raw: bytes | None) -> Any:
-    if not raw:
-        raise ValueError("empty body")
-    return json.loads(raw.decode("utf-8"))
-
-
-def json_objects(raw: bytes) -> Iterator[Any]:
-    """Every JSON value in a body that is one JSON document, NDJSON, SSE or concatenated JSON."""
-    text = raw.decode("utf-8")
-    try:
-        yield json.loads(text)
-        return
-    except json.JSONDecodeError:
-        pass
-    decoder = json.JSONDecoder()
-    for line in text.splitlines():
-        line = line.strip()
-        if line.startswith("data:"):
-            line = line[5:].strip()
-        pos = 0
-        while pos < len(line):
-            value, pos = decoder.raw_decode(line, pos)
-            yield value
-            while pos < len(line) and line[pos] in " ,\t":
-                pos += 1
-
-
-def simulated_turns(raw: bytes) -> list[Turn]:
-    """The turns of a simulate-conversation response body (batch JSON, NDJSON or SSE)."""
-    turns: list[Turn] = []
-    for obj in json_objects(raw):
-        if isinstance(obj, dict) and isinstance(obj.get("simulated_conversation"), list):
-            turns.extend(turns_from_list(obj["simulated_conversation"]))
-        elif isinstance(obj, list):
-            turns.extend(turns_from_list(obj))
-        elif isinstance(obj, dict) and "role" in obj:
-            turns.extend(turns_from_list([obj]))
-    return turns
-
-
-def _get(obj: Any, dotted: str) -> Any:
-    for part in dotted.split("."):
-        if not isinstance(obj, dict):
-            return None
-        obj = obj.get(part)
-    return obj
-
-
 def declared_session_id(headers: dict[str, str], body: Any, session_header: str, session_field: str) -> str | None:
     """The session id the client declared, from its header or a dotted body field."""
     value = header(headers, session_header) if session_header else None
     if value:
         return value
     if session_field and isinstance(body, dict):
-        found = _get(body, session_field)
+        found = get(body, session_field)
         if isinstance(found, str | int) and str(found):
             return str(found)
     return None
@@ -256,10 +181,11 @@ def decode_simulate(ex: Exchange, agent_id: str, stream: bool, session_header: s
         status=ex.status,
         error=ex.error,
         client=ex.client,
+        connection=ex.connection,
         request_digest=request_digest(ex.request_body),
     )
     try:
-        body = _json_body(ex.request_body)
+        body = json_body(ex.request_body)
     except (ValueError, UnicodeDecodeError) as e:
         out.notes.append(Note(ex.flow_id, "request-body", f"request body is not JSON: {e}"))
         call.declared_session = declared_session_id(ex.request_headers, None, session_header, "")
@@ -268,8 +194,9 @@ def decode_simulate(ex: Exchange, agent_id: str, stream: bool, session_header: s
     call.declared_session = declared_session_id(ex.request_headers, body, session_header, session_field)
     spec = body.get("simulation_specification") if isinstance(body, dict) else None
     history = spec.get("partial_conversation_history") if isinstance(spec, dict) else None
+    sent = turns_from_list(history) if isinstance(history, list) else []
     if isinstance(history, list):
-        call.context, fmt = open_embedded(turns_from_list(history))
+        call.context, fmt = open_embedded(sent)
         call.context_formats[HISTORY_FIELD] = fmt if history else FORMAT_EMPTY
     else:
         call.context_formats[HISTORY_FIELD] = FORMAT_EMPTY
@@ -286,7 +213,7 @@ def decode_simulate(ex: Exchange, agent_id: str, stream: bool, session_header: s
                 call.context_formats[name] = fmt
     if ex.response_body and ex.status is not None and 200 <= ex.status < 300:
         try:
-            call.reply = simulated_turns(ex.response_body)
+            call.reply = new_turns(sent, simulated_turns(ex.response_body))
         except (ValueError, UnicodeDecodeError) as e:
             out.notes.append(Note(ex.flow_id, "response-body", f"response body is not JSON: {e}"))
     if not call.context and call.reply and call.reply[0].role == AGENT:
@@ -301,11 +228,11 @@ def decode_agent(ex: Exchange, agent_id: str) -> Decoded:
     if ex.status != 200 or not ex.response_body:
         return out
     try:
-        body = _json_body(ex.response_body)
+        body = json_body(ex.response_body)
     except (ValueError, UnicodeDecodeError) as e:
         out.notes.append(Note(ex.flow_id, "response-body", f"agent config is not JSON: {e}"))
         return out
-    first = _get(body, "conversation_config.agent.first_message")
+    first = get(body, "conversation_config.agent.first_message")
     if isinstance(first, str) and first:
         out.first_messages[agent_id] = first
     return out
@@ -323,68 +250,6 @@ def decode_exchange(ex: Exchange, session_header: str = DEFAULTS.session_header,
     return Decoded()
 
 
-def is_conversational(path: str) -> bool:
-    """True for the endpoints that carry conversation turns (simulate, agent WebSocket)."""
-    return bool(SIMULATE_RE.search(path) or WS_PATH_RE.search(path))
-
-
-def is_websocket_path(path: str) -> bool:
-    """True for the agent conversation WebSocket path."""
-    return bool(WS_PATH_RE.search(path))
-
-
-# Client frames the protocol defines: anything else is noted as unknown.
-KNOWN_CLIENT_TYPES = {
-    "conversation_initiation_client_data",
-    "user_message",
-    "contextual_update",
-    "user_activity",
-    "pong",
-    "client_tool_result",
-    "multimodal_message",
-    "feedback",
-    "mcp_tool_approval_result",
-    "enclave_setup_config",
-}
-KNOWN_SERVER_TYPES = {
-    "conversation_initiation_metadata",
-    "user_transcript",
-    "tentative_user_transcript",
-    "agent_response",
-    "agent_response_correction",
-    "agent_chat_response_part",
-    "agent_reasoning_response_part",
-    "audio",
-    "interruption",
-    "ping",
-    "client_tool_call",
-    "vad_score",
-    "internal_turn_probability",
-    "context_usage",
-    "agent_tool_request",
-    "agent_tool_response",
-    "agent_tool_response_full_payload",
-    "mcp_tool_call",
-    "mcp_connection_status",
-    "asr_initiation_metadata",
-    "agent_typing",
-    "guardrail_triggered",
-    "rich_content",
-    "external_agent_connected",
-    "external_agent_disconnected",
-    "error",
-    "agent_response_metadata",
-    "agent_response_complete",
-    "dtmf_request",
-    "client_error",
-}
-
-
-def is_audio_frame(obj: Any) -> bool:
-    """True for a user audio chunk or an agent audio event (summarised, not kept)."""
-    return isinstance(obj, dict) and ("user_audio_chunk" in obj or obj.get("type") == "audio")
-
-
 class WsDecoder:
     """Turns the messages of one agent WebSocket, fed in order, into calls (one per user turn).
 
@@ -394,12 +259,13 @@ class WsDecoder:
     """
 
     def __init__(self, flow_id: str, url: str, headers: dict[str, str], started: float,
-                 client: str = "", session_header: str = DEFAULTS.session_header) -> None:
+                 client: str = "", session_header: str = DEFAULTS.session_header, connection: str = "") -> None:
         query = dict(parse_qsl(urlsplit(url).query))
         self.flow_id = flow_id
         self.agent_id = query.get("agent_id", "")
         self.declared_session = header(headers, session_header) if session_header else None
         self.client = client
+        self.connection = connection
         self.started = started
         self.user_id: str | None = None
         self.conversation_id: str | None = None
@@ -432,6 +298,7 @@ class WsDecoder:
             opening=self.opening if self.turns == 1 else None,
             first_message_override=self.first_message_override,
             client=self.client,
+            connection=self.connection,
             request_digest=request_digest(text.encode()),
         )
         call.context_formats[TRANSCRIPT_FIELD] = FORMAT_TURNS if self.transcript else FORMAT_EMPTY
@@ -473,13 +340,9 @@ class WsDecoder:
         if kind == "conversation_initiation_client_data":
             uid = obj.get("user_id")
             self.user_id = str(uid) if uid else None
-            first = _get(obj, "conversation_config_override.agent.first_message")
+            first = get(obj, "conversation_config_override.agent.first_message")
             self.first_message_override = first if isinstance(first, str) and first else None
-        elif kind in ("user_message", "multimodal_message"):
-            text = obj.get("text")
-            if isinstance(text, dict):
-                text = text.get("text")
-            text = text if isinstance(text, str) else ""
+        elif (text := user_message_text(obj)) is not None:
             if self.pending is not None:  # a second message before the reply: close the first
                 out.calls.append(self._finish(None, ts))
             self.pending = self._new_call(text, ts)
@@ -491,20 +354,16 @@ class WsDecoder:
 
     def _server(self, kind: str, obj: dict[str, Any], ts: float, out: Decoded) -> None:
         if kind == "conversation_initiation_metadata":
-            cid = _get(obj, "conversation_initiation_metadata_event.conversation_id")
-            self.conversation_id = str(cid) if cid else None
-        elif kind == "agent_response":
-            text = _get(obj, "agent_response_event.agent_response")
-            text = text if isinstance(text, str) else ""
+            self.conversation_id = conversation_id(obj)
+        elif (text := agent_response_text(obj)) is not None:
             self.transcript.append(Turn(AGENT, text, ts - self.started))
             if self.pending is not None:
                 out.calls.append(self._finish(Turn(AGENT, text, ts - self.started), ts))
             elif self.opening is None and self.turns == 0:
                 self.opening = text
-        elif kind == "agent_response_correction":
-            text = _get(obj, "agent_response_correction_event.corrected_agent_response")
-            if isinstance(text, str) and self.transcript and self.transcript[-1].role == AGENT:
-                self.transcript[-1] = Turn(AGENT, text, self.transcript[-1].time)
+        elif (corrected := corrected_agent_text(obj)) is not None and self.transcript \
+                and self.transcript[-1].role == AGENT:
+                self.transcript[-1] = Turn(AGENT, corrected, self.transcript[-1].time)
 
     def _finish(self, reply: Turn | None, ts: float) -> Call:
         call = self.pending
@@ -528,9 +387,10 @@ class WsDecoder:
 
 def decode_websocket(flow_id: str, url: str, headers: dict[str, str], started: float,
                      messages: Iterable[WsMessage], close_code: int | None, ended: float | None,
-                     client: str = "", session_header: str = DEFAULTS.session_header) -> Decoded:
+                     client: str = "", session_header: str = DEFAULTS.session_header,
+                     connection: str = "") -> Decoded:
     """All calls of one recorded WebSocket (the offline twin of feeding a WsDecoder live)."""
-    dec = WsDecoder(flow_id, url, headers, started, client, session_header)
+    dec = WsDecoder(flow_id, url, headers, started, client, session_header, connection)
     out = Decoded()
     for msg in messages:
         part = dec.feed(msg)

@@ -12,6 +12,7 @@ CONTEXT = "context"  # a contextual update: context the agent holds, but not a s
 
 HTTP = "http"
 WEBSOCKET = "websocket"
+RETRY_STATUSES = frozenset({408, 409, 429})  # statuses SDKs retry (and 5xx)
 
 
 @lru_cache(maxsize=65536)
@@ -50,7 +51,8 @@ class Exchange:
     response_body: bytes | None = None
     ended: float | None = None
     error: str | None = None
-    client: str = ""
+    client: str = ""  # who made the traffic: the record run, or address (no port) + User-Agent + key fingerprint
+    connection: str = ""  # the client's address and port: one TCP connection
 
 
 @dataclass(slots=True)
@@ -101,9 +103,11 @@ class Call:
     close_code: int | None = None
     error: str | None = None
     client: str = ""
+    connection: str = ""
     request_digest: str = ""
     session: str = ""
     session_source: str = ""
+    session_evidence: str = ""
     churned_from: str | None = None
 
     @property
@@ -115,14 +119,62 @@ class Call:
         """A JSON-ready dict of this call (turns as {role, text, time})."""
         return asdict(self)
 
+    @property
+    def failed(self) -> bool:
+        """True when the call got no answer or an HTTP error status."""
+        return self.error is not None or (self.status is not None and self.status >= 400)
+
+    @property
+    def failed_retryably(self) -> bool:
+        """True when the call failed in a way an SDK retries (transport error, 408/409/429, 5xx)."""
+        return self.error is not None or (self.status is not None and (self.status in RETRY_STATUSES
+                                                                       or self.status >= 500))
+
+    def earlier_turns(self) -> list[Turn]:
+        """The turns this call carries from before its newest user message, less a leading opening line.
+
+        Empty for a client that sends nothing but the new message, and for the first message on
+        a new socket (whose transcript holds only the agent's greeting).
+        """
+        turns = self.context
+        if self.protocol == HTTP and turns and turns[-1].role == USER:
+            turns = turns[:-1]
+        start = 0
+        while start < len(turns) and turns[start].role == AGENT:
+            start += 1
+        return turns[start:]
+
+    def asked(self) -> list[Turn]:
+        """What this call handed the agent: its context, ending with the user's message."""
+        turns = list(self.context)
+        if self.user_text is not None and not (turns and turns[-1].role == USER and turns[-1].text == self.user_text):
+            turns.append(Turn(USER, self.user_text))
+        return turns
+
+    def carried_state(self) -> list[Turn]:
+        """What the server should hold after this call: what it was asked, and the reply."""
+        return self.asked() + [t for t in self.reply if t.role == AGENT]
+
 
 @dataclass(slots=True)
 class Note:
-    """Something the decoder could not take as a call: the raw material of unparsed-payload."""
+    """Something that is not a call: an undecodable payload, an upstream failure, a replay miss."""
 
     flow_id: str
     kind: str
     detail: str
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Closing:
+    """A socket's end, ordered among the calls by time."""
+
+    key: str
+    flow_id: str
+    code: int | None
+    by_client: bool | None
+    time: float
 
 
 @dataclass(slots=True)
@@ -170,8 +222,8 @@ class SessionState:
     calls: list[Call] = field(default_factory=list)
     opening: str | None = None
     server_conversations: dict[str, ServerConversation] = field(default_factory=dict)
-    threads: dict[int, int] = field(default_factory=dict)  # lineage hash -> thread number
     thread_calls: dict[int, int] = field(default_factory=dict)  # thread number -> calls
     latest_thread: int = 0
     resets: set[str] = field(default_factory=set)
     aggregates: dict[str, Finding] = field(default_factory=dict)
+    evidence: dict[str, int] = field(default_factory=dict)  # what placed its calls in it -> how many calls

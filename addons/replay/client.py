@@ -39,9 +39,17 @@ from websockets.exceptions import InvalidURI, WebSocketException
 from websockets.sync.client import ClientConnection, connect
 
 from sessiontap.core.analysis import Analysis
-from sessiontap.core.decode import is_audio_frame, is_websocket_path, simulated_turns
 from sessiontap.core.errors import SessiontapError
 from sessiontap.core.model import AGENT, USER, WEBSOCKET, Call, FlowRecord, Turn
+from sessiontap.core.protocol import (
+    agent_response_text,
+    frame_type,
+    is_audio_frame,
+    is_websocket_path,
+    new_turns,
+    simulated_turns,
+    turns_from_list,
+)
 from sessiontap.core.redact import SECRET_HEADERS
 from sessiontap.core.settings import Settings
 from sessiontap.replay import vary
@@ -275,15 +283,15 @@ class Socket:
             frame = parse_json(raw)
             if not isinstance(frame, dict):
                 continue
-            kind = frame.get("type")
+            kind = frame_type(frame)
             if kind == "ping":
                 event = frame.get("ping_event")
                 self.send({"type": "pong", "event_id": event.get("event_id") if isinstance(event, dict) else None})
             elif kind in AWAITED:
                 self.awaited += 1
-                if kind == "agent_response":
-                    text = (frame.get("agent_response_event") or {}).get("agent_response")
-                    replies.append(text if isinstance(text, str) else "")
+                text = agent_response_text(frame)
+                if text is not None:
+                    replies.append(text)
 
 
 class Replayer:
@@ -376,7 +384,10 @@ class Replayer:
                 if response.status_code >= 400:
                     raise ReplayError(f"HTTP {response.status_code}: {response.text[:200]}")
                 try:
-                    reply = next((t.text for t in simulated_turns(response.content) if t.role == AGENT), "")
+                    sent = turns_from_list(body.get("simulation_specification", {}).get("partial_conversation_history")
+                                           or [])
+                    new = new_turns(sent, simulated_turns(response.content))
+                    reply = next((t.text for t in new if t.role == AGENT), "")
                 except (ValueError, UnicodeDecodeError) as e:
                     raise ReplayError(f"HTTP {response.status_code} with a body that is not JSON: {e}") from e
                 history.extend([Turn(USER, call["user_text"]), Turn(AGENT, reply)])

@@ -10,8 +10,9 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from sessiontap.core.decode import EXTRA_CONTEXT_FIELDS, HISTORY_FIELD, normalize_context, turns_from_list
+from sessiontap.core.decode import EXTRA_CONTEXT_FIELDS, HISTORY_FIELD, normalize_context
 from sessiontap.core.model import USER, Exchange, WsMessage
+from sessiontap.core.protocol import frame_type, turns_from_list, user_message_text
 from sessiontap.core.redact import SECRET_PARAMS, Redactor
 
 # Volatile members ignored by default. A pattern without a dot names a key at any depth.
@@ -188,11 +189,9 @@ def user_text(obj: Any) -> str | None:
     """
     if not isinstance(obj, dict):
         return None
-    if obj.get("type") in ("user_message", "multimodal_message"):
-        text = obj.get("text")
-        if isinstance(text, dict):
-            text = text.get("text")
-        return text if isinstance(text, str) else None
+    said = user_message_text(obj)
+    if said is not None:
+        return said
     spec = obj.get("simulation_specification")
     if not isinstance(spec, dict):
         return None
@@ -465,12 +464,9 @@ def ws_steps(messages: Sequence[WsMessage]) -> list[WsStep]:
 
 
 def _ws_kind(obj: Any) -> str | None:
-    if not isinstance(obj, dict):
-        return None
-    kind = obj.get("type")
-    if kind is None and "user_audio_chunk" in obj:
+    if isinstance(obj, dict) and "type" not in obj and "user_audio_chunk" in obj:
         return "user_audio_chunk"
-    return kind if isinstance(kind, str) else None
+    return frame_type(obj)
 
 
 def describe_ws(msg: WsMessage) -> str:

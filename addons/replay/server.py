@@ -34,15 +34,15 @@ from mitmproxy import http
 
 from sessiontap.app.background import CLOSE_TIMEOUT, LoopbackServer, running_in_thread
 from sessiontap.app.capture import flow_records, read_capture
-from sessiontap.core.decode import is_audio_frame
+from sessiontap.core import rules
 from sessiontap.core.errors import SessiontapError
-from sessiontap.core.model import HTTP, WEBSOCKET, Call, Exchange, Finding, FlowRecord, WsMessage
+from sessiontap.core.model import HTTP, WEBSOCKET, Call, Exchange, Finding, FlowRecord, Note, SessionState, WsMessage
+from sessiontap.core.protocol import SIGNED_URL_RE, frame_type, is_audio_frame, parse_frame
 from sessiontap.core.redact import Redactor
 from sessiontap.findings import write_findings
 from sessiontap.replay.match import (
     DEFAULT_IGNORE_PATHS,
     DEFAULT_MATCH_ON,
-    NOT_JSON,
     IgnorePaths,
     Matcher,
     Miss,
@@ -52,7 +52,7 @@ from sessiontap.replay.match import (
     describe,
     parse_json,
 )
-from sessiontap.router import SIGNED_URL_RE, rewrite_signed_url
+from sessiontap.router import rewrite_signed_url
 from sessiontap.tagger import TAG_HEADER
 
 if TYPE_CHECKING:
@@ -198,8 +198,7 @@ def live_message(msg: Any) -> WsMessage:
 
 
 def _kind(msg: WsMessage | None) -> str | None:
-    obj = parse_json(msg.text) if msg is not None and msg.text is not None else NOT_JSON
-    return obj.get("type") if isinstance(obj, dict) and isinstance(obj.get("type"), str) else None
+    return frame_type(parse_frame(msg.text)) if msg is not None else None
 
 
 def is_audio(msg: WsMessage) -> bool:
@@ -259,16 +258,13 @@ class ReplayMiss:
         The nearest recorded flow (of the capture replayed, not of this replay) is evidence.
         """
         at = list(calls[-1:])  # a socket misses at its last call: the message that did not match
-        return Finding(
-            rule="replay-miss", severity="error", session=at[0].session if at else "",
-            flow_ids=[replayed_flow] if replayed_flow else [], message=self.message,
-            evidence={"protocol": self.protocol, "method": self.method, "path": self.path, "step": self.step,
-                      "replayed_flow": replayed_flow, "nearest_flow": self.nearest_flow,
-                      "failures": [list(f) for f in self.failures]},
-            call_ids=[c.id for c in at],
-            fix=("Record the capture again with this client, or leave the failing predicate out of match_on, "
-                 "or add the changing member to the ignore paths."),
-        )
+        note = Note(replayed_flow or "", "replay-miss", self.message, {
+            "protocol": self.protocol, "method": self.method, "path": self.path, "step": self.step,
+            "replayed_flow": replayed_flow, "nearest_flow": self.nearest_flow,
+            "failures": [list(f) for f in self.failures], "call_ids": [c.id for c in at]})
+        [finding] = rules.replay_miss(rules.Judged(SessionState(at[0].session if at else "", "", self.protocol),
+                                                   note=note))
+        return finding
 
 
 def http_miss(miss: Miss, ws: bool = False) -> ReplayMiss:

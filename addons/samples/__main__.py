@@ -1,11 +1,12 @@
-"""Entry point: `python -m sessiontap.samples KIND [--turns N]` runs one sample client."""
+"""Entry point: `python -m sessiontap.samples KIND [--turns N] [--declare MODE] [--new-connection-per-call]`."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from sessiontap.samples.durin import SAMPLE_KINDS, run_sample
+from sessiontap.samples.chat import DECLARE_MODES
+from sessiontap.samples.durin import HTTP_KINDS, SAMPLE_KINDS, run_sample
 from sessiontap.samples.script import CUSTOMS_SCRIPT, MAX_TURNS
 
 
@@ -37,13 +38,30 @@ def main(argv: list[str] | None = None) -> int:
         default=len(CUSTOMS_SCRIPT),
         help=f"number of user messages (default {len(CUSTOMS_SCRIPT)}; recap requests after that)",
     )
+    parser.add_argument(
+        "--declare",
+        choices=DECLARE_MODES,
+        help=(
+            "how the client declares its session: the x-session-id header, a user_id (WebSocket "
+            "initiation; a body field over HTTP), none or both (default: the kind's own: header "
+            "for HTTP, both for WebSocket)"
+        ),
+    )
+    parser.add_argument(
+        "--new-connection-per-call",
+        action="store_true",
+        help="HTTP kinds: a new HTTP connection (so a new source port) for every call ('all': HTTP kinds only)",
+    )
     args = parser.parse_args(argv)
-    if args.kind != "all":
-        return run_sample(args.kind, args.turns)
+    if args.new_connection_per_call and args.kind not in (*HTTP_KINDS, "all"):
+        parser.error(f"--new-connection-per-call applies to {' and '.join(HTTP_KINDS)} only")
+    kinds = SAMPLE_KINDS if args.kind == "all" else (args.kind,)
     codes = []
-    for kind in SAMPLE_KINDS:
-        print(f"== {kind} ==", flush=True)
-        codes.append(run_sample(kind, args.turns))
+    for kind in kinds:
+        if args.kind == "all":
+            print(f"== {kind} ==", flush=True)
+        fresh = args.new_connection_per_call and kind in HTTP_KINDS
+        codes.append(run_sample(kind, args.turns, declare=args.declare, new_connection_per_call=fresh))
     return max(codes)
 
 

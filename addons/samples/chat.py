@@ -1,7 +1,8 @@
 """HTTP chat clients for simulate-conversation: the faulty ElevenLabsChatClient and its fix.
 
 Also owns what every sample client shares: the endpoint settings read from the
-environment (`AgentEndpoint`) and the error they raise (`SampleClientError`).
+environment (`AgentEndpoint`), the error they raise (`SampleClientError`) and how they
+declare their session (`BaseSampleClient`, `DECLARE_MODES`).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, ClassVar, Literal, Self, get_args
 from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 from uuid import uuid4
 
@@ -23,6 +24,10 @@ SAMPLE_API_KEY = "sk_sample_not_a_real_key"
 """Sent when ELEVENLABS_API_KEY is unset: the simulator takes any key, the real API none."""
 SIMULATED_USER_PROMPT = "You are a customs officer's assistant user."
 SESSION_HEADER = "x-session-id"
+
+Declare = Literal["header", "user-id", "none", "both"]
+"""How a client declares its session: the `x-session-id` header, a `user_id`, neither, or both."""
+DECLARE_MODES: tuple[Declare, ...] = get_args(Declare)
 
 _WS_SCHEMES = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}
 
@@ -71,8 +76,59 @@ class AgentEndpoint:
         return urlunsplit((_WS_SCHEMES[parts.scheme], parts.netloc, parts.path, urlencode(params), ""))
 
 
-class _SimulateChatClient:
-    """Posts simulate-conversation calls; the subclasses decide what context to send."""
+class BaseSampleClient:
+    """What every sample client shares: its endpoint, how it declares its session, `with` support.
+
+    `declare` (default `DEFAULT_DECLARE`): "header" sends the session id in `x-session-id`,
+    "user-id" sends `user_id` (the WebSocket initiation's field; a top-level body field over
+    HTTP), "both" sends both and "none" neither. `user_id` is None unless it is declared.
+    """
+
+    DEFAULT_DECLARE: ClassVar[Declare] = "header"
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        agent_id: str | None = None,
+        *,
+        declare: Declare | None = None,
+        user_id: str | None = None,
+    ) -> None:
+        self.endpoint = AgentEndpoint.from_env(base_url, api_key, agent_id)
+        self.declare: Declare = self.DEFAULT_DECLARE if declare is None else declare
+        if self.declare not in DECLARE_MODES:
+            raise ValueError(f"declare must be one of {', '.join(DECLARE_MODES)} (got {declare!r})")
+        declares_user = self.declare in ("user-id", "both")
+        self.user_id = (user_id or f"durin-user-{uuid4().hex[:8]}") if declares_user else None
+
+    def session_headers(self, session_id: str | None) -> dict[str, str]:
+        """Return the session header to send with a request (none unless it is declared)."""
+        if session_id and self.declare in ("header", "both"):
+            return {SESSION_HEADER: session_id}
+        return {}
+
+    def close(self) -> None:
+        """Release the client's connections."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class _SimulateChatClient(BaseSampleClient):
+    """Posts simulate-conversation calls; the subclasses decide what context to send.
+
+    `new_connection_per_call` posts each call on a new HTTP connection (a new httpx.Client),
+    so each comes from a new source port; by default one pooled connection is reused.
+    """
 
     def __init__(
         self,
@@ -81,11 +137,19 @@ class _SimulateChatClient:
         agent_id: str | None = None,
         *,
         timeout: float = 30.0,
+        declare: Declare | None = None,
+        user_id: str | None = None,
+        new_connection_per_call: bool = False,
     ) -> None:
-        self.endpoint = AgentEndpoint.from_env(base_url, api_key, agent_id)
-        # trust_env: HTTP(S)_PROXY, NO_PROXY, SSL_CERT_FILE and SSL_CERT_DIR are honoured.
-        self._http = httpx.Client(trust_env=True, timeout=timeout)
+        super().__init__(base_url, api_key, agent_id, declare=declare, user_id=user_id)
+        self.timeout = timeout
+        self.new_connection_per_call = new_connection_per_call
+        self._http = self._new_http()
         self._conversation_history: list[dict[str, Any]] = []
+
+    def _new_http(self) -> httpx.Client:
+        # trust_env: HTTP(S)_PROXY, NO_PROXY, SSL_CERT_FILE and SSL_CERT_DIR are honoured.
+        return httpx.Client(trust_env=True, timeout=self.timeout)
 
     @property
     def simulate_url(self) -> str:
@@ -103,17 +167,6 @@ class _SimulateChatClient:
         """Close the HTTP connection pool."""
         self._http.close()
 
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
     @staticmethod
     def _simulated_user_config(first_message: str | None = None) -> dict[str, Any]:
         config: dict[str, Any] = {"prompt": {"prompt": SIMULATED_USER_PROMPT}}
@@ -123,10 +176,16 @@ class _SimulateChatClient:
 
     def _simulate(self, session_id: str, body: dict[str, Any]) -> str:
         """POST one simulation and return the first agent turn's message."""
-        headers = {SESSION_HEADER: session_id, "xi-api-key": self.endpoint.api_key}
+        headers = {**self.session_headers(session_id), "xi-api-key": self.endpoint.api_key}
+        if self.user_id is not None:
+            body = {**body, "user_id": self.user_id}
         url = self.simulate_url
         try:
-            response = self._http.post(url, json=body, headers=headers)
+            if self.new_connection_per_call:
+                with self._new_http() as http:
+                    response = http.post(url, json=body, headers=headers)
+            else:
+                response = self._http.post(url, json=body, headers=headers)
         except httpx.HTTPError as exc:
             raise SampleClientError(
                 f"cannot reach {url}: {exc or type(exc).__name__}; "

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Protocol, TextIO, runtime_checkable
 
 from sessiontap.samples.chat import (
+    Declare,
     ElevenLabsChatClient,
     FixedElevenLabsChatClient,
     SampleClientError,
@@ -15,6 +16,7 @@ from sessiontap.samples.script import OFFICER_CONTEXT, script_messages
 from sessiontap.samples.websocket import ElevenLabsWebSocketClient, FixedElevenLabsWebSocketClient
 
 SAMPLE_KINDS = ("faulty-http", "fixed-http", "faulty-ws", "fixed-ws")
+HTTP_KINDS = ("faulty-http", "fixed-http")
 
 Transcript = list[tuple[str, str]]
 
@@ -78,17 +80,25 @@ def make_client(
     base_url: str | None = None,
     api_key: str | None = None,
     agent_id: str | None = None,
+    declare: Declare | None = None,
+    new_connection_per_call: bool = False,
 ) -> SampleClient:
-    """Return a new sample client of `kind` (one of SAMPLE_KINDS); arguments beat the env."""
+    """Return a new sample client of `kind` (one of SAMPLE_KINDS); arguments beat the env.
+
+    `declare` None keeps the kind's own way; `new_connection_per_call` is for HTTP kinds only.
+    """
+    if new_connection_per_call and kind not in HTTP_KINDS:
+        raise ValueError(f"new_connection_per_call applies to {' and '.join(HTTP_KINDS)} only (got {kind!r})")
+    where = (base_url, api_key, agent_id)
     match kind:
         case "faulty-http":
-            return ElevenLabsChatClient(base_url, api_key, agent_id)
+            return ElevenLabsChatClient(*where, declare=declare, new_connection_per_call=new_connection_per_call)
         case "fixed-http":
-            return FixedElevenLabsChatClient(base_url, api_key, agent_id)
+            return FixedElevenLabsChatClient(*where, declare=declare, new_connection_per_call=new_connection_per_call)
         case "faulty-ws":
-            return ElevenLabsWebSocketClient(base_url, api_key, agent_id)
+            return ElevenLabsWebSocketClient(*where, declare=declare)
         case "fixed-ws":
-            return FixedElevenLabsWebSocketClient(base_url, api_key, agent_id, contextual_update=OFFICER_CONTEXT)
+            return FixedElevenLabsWebSocketClient(*where, declare=declare, contextual_update=OFFICER_CONTEXT)
     raise ValueError(f"sample kind must be one of {', '.join(SAMPLE_KINDS)} (got {kind!r})")
 
 
@@ -98,10 +108,12 @@ def run_sample(
     *,
     out: TextIO | None = None,
     err: TextIO | None = None,
+    declare: Declare | None = None,
+    new_connection_per_call: bool = False,
 ) -> int:
     """Play the script with the `kind` sample client and return the exit code (0 ok, 1 error)."""
     try:
-        with make_client(kind) as client:
+        with make_client(kind, declare=declare, new_connection_per_call=new_connection_per_call) as client:
             ProperDurinClient(client, out=out).run(script_messages(turns))
     except SampleClientError as exc:
         message = " ".join(str(exc).split())  # one line, whatever the server answered

@@ -7,21 +7,25 @@ import ssl
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from types import TracebackType
-from typing import Any, Self
+from typing import Any, ClassVar
 from uuid import uuid4
 
 from websockets.exceptions import InvalidURI, WebSocketException
 from websockets.sync.client import ClientConnection, connect
 
-from sessiontap.samples.chat import SESSION_HEADER, AgentEndpoint, SampleClientError
+from sessiontap.samples.chat import BaseSampleClient, Declare, SampleClientError
 
 MAX_FRAME_BYTES = 16 * 1024 * 1024
 """The same frame limit as the ElevenLabs Python SDK."""
 
 
-class _AgentSocketClient:
-    """Opens agent sockets and reads their frames; the subclasses decide when to reconnect."""
+class _AgentSocketClient(BaseSampleClient):
+    """Opens agent sockets and reads their frames; the subclasses decide when to reconnect.
+
+    By default (`declare="both"`) the upgrade carries `x-session-id` and the initiation a `user_id`.
+    """
+
+    DEFAULT_DECLARE: ClassVar[Declare] = "both"
 
     def __init__(
         self,
@@ -31,9 +35,9 @@ class _AgentSocketClient:
         *,
         user_id: str | None = None,
         timeout: float = 10.0,
+        declare: Declare | None = None,
     ) -> None:
-        self.endpoint = AgentEndpoint.from_env(base_url, api_key, agent_id)
-        self.user_id = user_id or f"durin-user-{uuid4().hex[:8]}"
+        super().__init__(base_url, api_key, agent_id, declare=declare, user_id=user_id)
         self.timeout = timeout
         self.session_id: str | None = None
         self.conversation_ids: list[str] = []
@@ -60,31 +64,19 @@ class _AgentSocketClient:
         if self.session_id is not None:
             self.end_session()
 
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
     @contextmanager
     def _conversation(self) -> Iterator[ClientConnection]:
         """Yield a socket with a started conversation; closed on exit (1000, or 1011 on error)."""
         with self._connect() as ws:
-            self._send_frame(
-                ws,
-                {
-                    "type": "conversation_initiation_client_data",
-                    "conversation_config_override": {"conversation": {"text_only": True}},
-                    "custom_llm_extra_body": {},
-                    "dynamic_variables": {},
-                    "user_id": self.user_id,
-                },
-            )
+            initiation: dict[str, Any] = {
+                "type": "conversation_initiation_client_data",
+                "conversation_config_override": {"conversation": {"text_only": True}},
+                "custom_llm_extra_body": {},
+                "dynamic_variables": {},
+            }
+            if self.user_id is not None:
+                initiation["user_id"] = self.user_id
+            self._send_frame(ws, initiation)
             metadata = self._read_event(ws, "conversation_initiation_metadata")
             event = metadata.get("conversation_initiation_metadata_event") or {}
             self.conversation_ids.append(str(event.get("conversation_id", "")))
@@ -93,7 +85,7 @@ class _AgentSocketClient:
 
     def _connect(self) -> ClientConnection:
         url = self.conversation_url
-        headers = {SESSION_HEADER: self.session_id} if self.session_id else {}
+        headers = self.session_headers(self.session_id)
         options: dict[str, Any] = {}
         if url.startswith("wss:"):
             # The default context reads SSL_CERT_FILE / SSL_CERT_DIR (e.g. mitmproxy's CA).
@@ -183,9 +175,10 @@ class FixedElevenLabsWebSocketClient(_AgentSocketClient):
         *,
         user_id: str | None = None,
         timeout: float = 10.0,
+        declare: Declare | None = None,
         contextual_update: str | None = None,
     ) -> None:
-        super().__init__(base_url, api_key, agent_id, user_id=user_id, timeout=timeout)
+        super().__init__(base_url, api_key, agent_id, user_id=user_id, timeout=timeout, declare=declare)
         self.contextual_update = contextual_update
         self._ws: ClientConnection | None = None
         self._stack = ExitStack()

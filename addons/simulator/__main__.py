@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from sessiontap.simulator.server import Faults, serve
+from sessiontap.simulator.server import STREAM_FRAMINGS, Faults, serve
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -25,6 +25,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ping-interval", type=float, help="seconds between JSON pings")
     parser.add_argument("--latency", type=float, default=0.0, help="latency fault, in seconds")
     parser.add_argument("--hostile-text", help="append this text to every agent turn")
+    parser.add_argument(
+        "--history-echo",
+        action="store_true",
+        help="simulate answers repeat the partial_conversation_history sent before the new turns",
+    )
+    parser.add_argument(
+        "--stream-framing",
+        choices=STREAM_FRAMINGS,
+        default="ndjson",
+        help="framing of simulate-conversation/stream (default ndjson; sse: Server-Sent Events)",
+    )
     args = parser.parse_args(argv)
     serve(
         args.host,
@@ -35,6 +46,8 @@ def main(argv: list[str] | None = None) -> None:
         stream_parts=not args.no_stream_parts,
         ping_interval=args.ping_interval,
         faults=Faults(latency=args.latency, hostile_text=args.hostile_text),
+        history_echo=args.history_echo,
+        stream_framing=args.stream_framing,
     )
 
 

@@ -17,14 +17,21 @@ Choices made where the real API is an open question (see elevenlabs-protocol.md)
 - simulate keeps no state. The only context is
   `simulation_specification.partial_conversation_history`; `conversation_context` and any
   other unknown field is accepted and ignored.
-- `simulated_conversation` holds only the new turns, never the history sent.
+- `simulated_conversation` holds only the new turns, never the history sent. The
+  `history_echo` switch (`Shapes`) makes it the history sent followed by the new turns,
+  in the batch answer and in the stream alike.
 - An empty history starts fresh: the agent's `first_message` is the first new turn. After
   that, whoever did not speak last speaks next (the agent after a user turn). The first
   simulated-user turn of a call says `simulated_user_config.first_message` when set, later
   ones follow `agent.SIMULATED_USER_SCRIPT`.
 - `new_turns_limit` counts messages (default 10, capped at 50, below 0 means 0).
 - The stream variant answers `application/x-ndjson`: one line `{"simulated_conversation":
-  [turn]}` per new turn, written as it is produced, then `{"analysis": {...}}`.
+  [turn]}` per new turn, written as it is produced, then `{"analysis": {...}}`. The
+  `stream_framing="sse"` switch (`Shapes`) answers `text/event-stream` instead: a `: ping`
+  comment, then per turn `event: message`, `id: N` and `data: {"simulated_conversation":
+  [turn]}`, then `event: analysis` with `data: {"analysis": {...}}`, then `data: [DONE]`.
+  An object longer than `SSE_SPLIT_CHARS` (always the analysis) is split after its key
+  across two `data:` lines, which SSE joins with a newline.
 - On the WebSocket, a user message that trips the `ws_close_code` fault gets no reply.
 """
 
@@ -43,7 +50,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote, urlencode
 
 from aiohttp import WSMsgType, web
@@ -58,6 +65,10 @@ INIT_TIMEOUT = 30.0
 AUDIO_FORMAT = "pcm_16000"
 AGENT_TURN_SECS = 2
 USER_TURN_SECS = 5
+SSE_SPLIT_CHARS = 120
+
+StreamFraming = Literal["ndjson", "sse"]
+STREAM_FRAMINGS: tuple[StreamFraming, ...] = ("ndjson", "sse")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -85,6 +96,24 @@ class Faults:
 
 
 @dataclass
+class Shapes:
+    """Answer shapes the real API may take; change them on a running server (`sim.shapes.history_echo = True`).
+
+    - `history_echo`: `simulated_conversation` repeats the `partial_conversation_history`
+      sent (each turn as sent, `time_in_call_secs` as an int) before the new turns; the
+      stream sends the echoed turns first.
+    - `stream_framing`: `"ndjson"` (one JSON object a line) or `"sse"` (Server-Sent Events).
+    """
+
+    history_echo: bool = False
+    stream_framing: StreamFraming = "ndjson"
+
+    def __post_init__(self) -> None:
+        if self.stream_framing not in STREAM_FRAMINGS:
+            raise ValueError(f"stream_framing must be one of {', '.join(STREAM_FRAMINGS)}")
+
+
+@dataclass
 class Hit:
     """One thing the simulator received: an HTTP request, a socket upgrade, a socket frame."""
 
@@ -99,7 +128,8 @@ class Hit:
     status: int | None = None
     message_type: str | None = None
     conversation_id: str | None = None
-    peer: str | None = None
+    peer: str | None = None  # the client's address
+    peer_port: int | None = None  # the client's source port: a new one means a new connection
 
 
 _HIT_KEY = web.RequestKey("sessiontap_hit", Hit)
@@ -217,6 +247,8 @@ class SimulationRequest:
     user_first_message: str | None
     new_turns_limit: int
     criteria_ids: list[str]
+    turns: list[dict[str, Any]] = field(default_factory=list)
+    """The history turns as sent, `time_in_call_secs` made an int (what `history_echo` returns)."""
 
 
 def agent_config(agent_id: str) -> dict[str, Any]:
@@ -365,6 +397,7 @@ def validate_simulation(body: Any) -> tuple[SimulationRequest | None, list[dict[
         user_first_message=user_first,
         new_turns_limit=limit,
         criteria_ids=criteria_ids,
+        turns=[{**turn, "time_in_call_secs": secs} for turn, secs in zip(turns, times, strict=True)],
     ), []
 
 
@@ -392,6 +425,22 @@ def _chunks(text: str, words: int = 5) -> list[str]:
     return ["".join(tokens[start : start + words]) for start in range(0, len(tokens), words)]
 
 
+def _stream_event(
+    payload: dict[str, Any], sse: bool, event: str = "message", event_id: int | None = None
+) -> bytes:
+    """Return one stream event: an NDJSON line, or an SSE event (long data split in two lines)."""
+    text = json.dumps(payload)
+    if not sse:
+        return (text + "\n").encode()
+    lines = [f"event: {event}"] + ([f"id: {event_id}"] if event_id is not None else [])
+    if len(text) > SSE_SPLIT_CHARS and len(payload) == 1:
+        ((key, value),) = payload.items()
+        lines += [f"data: {{{json.dumps(key)}:", f"data: {json.dumps(value)}}}"]
+    else:
+        lines.append(f"data: {text}")
+    return ("\n".join(lines) + "\n\n").encode()
+
+
 def _status_code(status: int) -> str:
     try:
         return HTTPStatus(status).phrase.lower().replace(" ", "_").replace("-", "_")
@@ -414,10 +463,13 @@ class Simulator(LoopbackServer):
         require_signed_url: bool = False,
         stream_parts: bool = True,
         ping_interval: float | None = None,
+        history_echo: bool = False,
+        stream_framing: StreamFraming = "ndjson",
     ) -> None:
         super().__init__(host, port)
         self.api_key = api_key
         self.faults = faults if faults is not None else Faults()
+        self.shapes = Shapes(history_echo=history_echo, stream_framing=stream_framing)
         self.require_signed_url = require_signed_url
         self.stream_parts = stream_parts
         self.ping_interval = ping_interval
@@ -465,6 +517,7 @@ class Simulator(LoopbackServer):
             timestamp=time.time(),
             headers=dict(request.headers),
             peer=request.remote,
+            peer_port=_peer_port(request),
         )
         self.hits.append(hit)
         request[_HIT_KEY] = hit
@@ -531,6 +584,10 @@ class Simulator(LoopbackServer):
             turns.append({"role": role, "message": message, "time_in_call_secs": clock})
         return turns
 
+    def _echoed(self, spec: SimulationRequest) -> list[dict[str, Any]]:
+        """Return the history turns the answer repeats: all of them with `history_echo`, else none."""
+        return [dict(turn) for turn in spec.turns] if self.shapes.history_echo else []
+
     async def _simulate_batch(self, request: web.Request) -> web.Response:
         spec = await self._read_simulation(request)
         if isinstance(spec, web.Response):
@@ -538,7 +595,10 @@ class Simulator(LoopbackServer):
         turns = self._simulated_turns(spec)
         everything = spec.history + [(turn["role"], turn["message"]) for turn in turns]
         return web.json_response(
-            {"simulated_conversation": turns, "analysis": _analysis(everything, spec.criteria_ids)}
+            {
+                "simulated_conversation": self._echoed(spec) + turns,
+                "analysis": _analysis(everything, spec.criteria_ids),
+            }
         )
 
     async def _simulate_stream(self, request: web.Request) -> web.StreamResponse:
@@ -546,16 +606,24 @@ class Simulator(LoopbackServer):
         if isinstance(spec, web.Response):
             return spec
         turns = self._simulated_turns(spec)
-        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        echoed = self._echoed(spec)
+        sse = self.shapes.stream_framing == "sse"
+        content_type = "text/event-stream" if sse else "application/x-ndjson"
+        response = web.StreamResponse(headers={"Content-Type": content_type})
         await response.prepare(request)
-        for turn in turns:
-            if turn["role"] == agent.AGENT and self.faults.latency > 0:
+        if sse:
+            await response.write(b": ping\n\n")
+        for number, turn in enumerate(echoed + turns, 1):
+            produced = number > len(echoed)
+            if produced and turn["role"] == agent.AGENT and self.faults.latency > 0:
                 await asyncio.sleep(self.faults.latency)
-            line = json.dumps({"simulated_conversation": [turn]}) + "\n"
-            await response.write(line.encode())
+            payload = {"simulated_conversation": [turn]}
+            await response.write(_stream_event(payload, sse, event_id=number))
         everything = spec.history + [(turn["role"], turn["message"]) for turn in turns]
-        final = json.dumps({"analysis": _analysis(everything, spec.criteria_ids)}) + "\n"
-        await response.write(final.encode())
+        final = {"analysis": _analysis(everything, spec.criteria_ids)}
+        await response.write(_stream_event(final, sse, event="analysis"))
+        if sse:
+            await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response
 
@@ -674,6 +742,7 @@ class Simulator(LoopbackServer):
                 message_type=kind,
                 conversation_id=cid,
                 peer=request.remote,
+                peer_port=_peer_port(request),
             )
         )
 
@@ -872,6 +941,13 @@ class _Session:
             event = {"event_id": event_id, "ping_ms": self.ping_ms}
             if not await self.send({"type": "ping", "ping_event": event}):
                 return
+
+
+def _peer_port(request: web.Request) -> int | None:
+    """Return the client's source port, or None when the transport does not say."""
+    transport = request.transport
+    peername = transport.get_extra_info("peername") if transport is not None else None
+    return peername[1] if isinstance(peername, tuple) and len(peername) >= 2 else None
 
 
 def _new_conversation_id() -> str:

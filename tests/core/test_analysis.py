@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from sessiontap.app.capture import analyse_flows, read_capture
 from sessiontap.core.analysis import Analyzer
 from sessiontap.core.contextdiff import apply, diff
-from sessiontap.core.model import AGENT, HTTP, USER, WEBSOCKET, Call, Turn
+from sessiontap.core.model import AGENT, HTTP, USER, WEBSOCKET, Call, Closing, Turn
 from tests.conftest import sample
 
 KEY = "sk_test_analysis_key_000"
@@ -136,7 +136,10 @@ def test_a_retry_without_any_session_id_stays_in_its_session():
     for c in (first, retry, other):
         tr.assign(c)
         tr.complete(c)
-    assert retry.session == first.session and other.session != first.session
+    assert retry.session == first.session and retry.session_evidence == "retry"
+    # a different request with no earlier turns from the same client: the next message, by order in time
+    assert other.session == first.session and other.session_evidence == "order in time"
+    assert tr.sessions[first.session].source == "inferred"
 
 
 def test_declared_id_changing_mid_conversation_is_churn():
@@ -170,13 +173,13 @@ def test_reconnect_after_server_error_close_is_upstream_error_not_reset():
                   user=f"m{i}")
     an = Analyzer()
     an.add_call(ws(1, "conv1", [A("Hello")], "r1"))
-    an.close_conversation("conv1", "f1", 1011, False)
+    an.close_conversation(Closing("conv1", "f1", 1011, False, 1.6))
     an.add_call(ws(2, "conv2", [A("Hello")], "r2"))
     rules = [f.rule for f in an.result().findings]
     assert "upstream-error" in rules and "context-reset" not in rules and "repeated-opening" not in rules
     an2 = Analyzer()
     an2.add_call(ws(1, "conv1", [A("Hello")], "r1"))
-    an2.close_conversation("conv1", "f1", 1000, True)
+    an2.close_conversation(Closing("conv1", "f1", 1000, True, 1.6))
     an2.add_call(ws(2, "conv2", [A("Hello")], "r2"))
     assert "repeated-opening" in [f.rule for f in an2.result().findings]
 

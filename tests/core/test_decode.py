@@ -14,10 +14,10 @@ from sessiontap.core.decode import (
     HISTORY_FIELD,
     decode_exchange,
     decode_websocket,
-    json_objects,
     normalize_context,
 )
 from sessiontap.core.model import AGENT, CONTEXT, USER, Exchange, Turn, WsMessage
+from sessiontap.core.protocol import json_objects
 
 PATH = "/v1/convai/agents/agent_x/simulate-conversation"
 

@@ -135,8 +135,12 @@ def test_upstream_down_gives_the_client_an_error_and_a_journal_entry(tmp_path, s
     assert alone.returncode == run.code == 1
     assert len(alone.stderr.strip().splitlines()) == 1
     assert "Traceback" not in run.stderr
-    assert any(n["kind"] == "upstream-error" for n in run.notes())
-    assert [c["error"] for c in run.calls()] != [None]
+    [call] = run.calls()
+    assert call["error"] is not None
+    failures = [e for e in run.journal() if e["event"] == "finding" and e["rule"] == "upstream-error"]
+    assert len(failures) == 1 and failures[0]["session"] == call["session"]  # one finding, in its session
+    findings = json.loads((run.out / "findings.json").read_text())
+    assert "upstream failure" in findings["verdict"] and "continues" not in findings["verdict"]
 
 
 def test_child_exit_code_is_returned(simulator, sessiontap):

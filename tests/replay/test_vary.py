@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from sessiontap.core.decode import FORMAT_FLAT, FORMAT_STRUCTURED, FORMAT_TRANSCRIPT, HISTORY_FIELD, decode_simulate
 from sessiontap.core.model import AGENT, USER, Exchange, SessionState, Turn
-from sessiontap.core.rules import context_format
+from sessiontap.core.rules import Judged, context_format
 from sessiontap.core.settings import Settings
 from sessiontap.replay import vary
 
@@ -107,7 +107,7 @@ def test_one_history_turn_holding_a_flattened_transcript_is_opened_and_flagged()
     ex = Exchange("f1", "POST", "http://x/v1/convai/agents/a/simulate-conversation",
                   "/v1/convai/agents/a/simulate-conversation", {}, {}, json.dumps(body).encode(), 0.0)
     [call] = decode_simulate(ex, "a", False, "x-session-id", "").calls
-    [finding] = context_format(SessionState("s", "client", "http"), call, None, Settings())
+    [finding] = context_format(Judged(SessionState("s", "client", "http"), Settings(), call=call))
     assert finding.rule == "context-format" and "boundaries are lost" in finding.message
     # a message that merely mentions a speaker, or JSON that is no history, stays one turn
     for text in ("User: hello", '{"order": 12}', "{not json"):

@@ -125,3 +125,21 @@ def test_a_small_budget_keeps_every_session_but_details_only_the_first():
     assert page.count('<details class="call') < 12
     full, _ = render(analysed(calls), {}, Meta("cap", "test"), only_session="S2")
     assert full.count('<section class="session') == 1 and full.count('<details class="call') == 4
+
+
+def test_labels_are_cut_at_a_word_and_findings_are_listed_once_per_rule_and_session():
+    from sessiontap.reports.svg import _clip
+    from sessiontap.reports.view import build_report
+
+    label = _clip("history restarted: 0 turns of history (+8 in conversation_context)", 30)
+    assert label.endswith("…") and len(label) <= 30 and not label[:-1].endswith(("histor", "conv"))
+    assert label == "history restarted: 0 turns…"
+    assert _clip("short", 30) == "short"
+    # five calls that each start over: one entry for the rule in the session, naming all its calls
+    result = analysed([call(i, [U(f"message {i}")], "Hi, I'm Durin.", opening="Hi, I'm Durin.") for i in range(5)])
+    view, _ = build_report(result, Meta("capture", "0"))
+    [group] = [g for g in view.rule_groups if g.rule == "context-reset"]
+    [entry] = group.findings
+    assert entry.times == 4 and len(entry.calls) == 4 and group.hidden == 0
+    [session] = view.sessions
+    assert session.evidence == "declared id ×5"

@@ -22,7 +22,7 @@ from sessiontap.samples.chat import (
     FixedElevenLabsChatClient,
     SampleClientError,
 )
-from sessiontap.samples.durin import SAMPLE_KINDS, ProperDurinClient, run_sample
+from sessiontap.samples.durin import HTTP_KINDS, SAMPLE_KINDS, ProperDurinClient, make_client, run_sample
 from sessiontap.samples.script import CUSTOMS_SCRIPT, OFFICER_CONTEXT, script_messages
 from sessiontap.samples.websocket import ElevenLabsWebSocketClient, FixedElevenLabsWebSocketClient
 from sessiontap.simulator.agent import FIRST_MESSAGE
@@ -199,6 +199,78 @@ def test_ws_server_close_is_a_sample_client_error() -> None:
         with pytest.raises(SampleClientError, match="socket closed"):
             client.send(SCRIPT[0])
         client.end_session()  # ending a session the server already closed is fine
+
+
+# undeclared variants: --declare and --new-connection-per-call ----------------------------------
+
+
+def _declared(sim: Simulator) -> tuple[set[str | None], set[str | None]]:
+    """Return what the simulator saw declared: the x-session-id values and the user_id values."""
+    headers = {_header(hit.headers, "x-session-id") for hit in sim.hits if hit.kind in ("http", "ws-open")}
+    bodies = [
+        json.loads(hit.body)
+        for hit in sim.hits
+        if hit.path.endswith("/simulate-conversation") or hit.message_type == "conversation_initiation_client_data"
+    ]
+    assert bodies
+    return headers, {body.get("user_id") for body in bodies}
+
+
+def _simulate_ports(sim: Simulator) -> list[int | None]:
+    return [hit.peer_port for hit in sim.hits if hit.kind == "http" and hit.path.endswith("/simulate-conversation")]
+
+
+DEFAULT_DECLARE = {"faulty-http": "header", "fixed-http": "header", "faulty-ws": "both", "fixed-ws": "both"}
+
+
+@pytest.mark.parametrize("declare", [None, "header", "user-id", "none", "both"])
+@pytest.mark.parametrize("kind", SAMPLE_KINDS)
+def test_declare_sends_exactly_the_chosen_declarations(sim: Simulator, kind: str, declare: Any) -> None:
+    client = make_client(kind, base_url=sim.url, declare=declare)
+    with client:
+        transcript = ProperDurinClient(client, out=io.StringIO()).run(SCRIPT[:2])
+    assert len(transcript) == 2
+    mode = declare or DEFAULT_DECLARE[kind]
+    headers, user_ids = _declared(sim)
+    if mode in ("header", "both"):
+        (value,) = headers
+        assert (value or "").startswith("elevenlabs-session-" if kind == "faulty-http" else "durin-")
+    else:
+        assert headers == {None}
+    if mode in ("user-id", "both"):
+        assert user_ids == {client.user_id} and (client.user_id or "").startswith("durin-user-")
+    else:
+        assert user_ids == {None} and client.user_id is None
+
+
+@pytest.mark.parametrize("kind", HTTP_KINDS)
+def test_new_connection_per_call_gives_a_new_peer_port_per_call(kind: str) -> None:
+    for fresh in (False, True):
+        with running_simulator() as sim:
+            client = make_client(kind, base_url=sim.url, new_connection_per_call=fresh)
+            _run(client)
+            ports = _simulate_ports(sim)
+        assert len(ports) == 5 and None not in ports
+        assert len(set(ports)) == (5 if fresh else 1)
+
+
+def test_new_connection_per_call_is_for_http_kinds_only(sim: Simulator) -> None:
+    with pytest.raises(ValueError, match="new_connection_per_call"):
+        make_client("fixed-ws", base_url=sim.url, new_connection_per_call=True)
+    with pytest.raises(ValueError, match="declare"):
+        FixedElevenLabsChatClient(sim.url, declare="cookie")  # type: ignore[arg-type]
+    assert _entry("faulty-ws", sim.url, "--new-connection-per-call").returncode == 2
+    assert _entry("faulty-ws", sim.url, "--declare", "cookie").returncode == 2
+
+
+def test_entry_point_all_kinds_undeclared_on_new_connections(sim: Simulator) -> None:
+    done = _entry("all", sim.url, "--declare", "none", "--new-connection-per-call", "--turns", "2")
+    assert done.returncode == 0, done.stderr
+    assert all(f"== {kind} ==" in done.stdout for kind in SAMPLE_KINDS)
+    assert _declared(sim) == ({None}, {None})
+    ports = _simulate_ports(sim)
+    assert len(ports) == 4 and len(set(ports)) == 4
+    assert [hit.kind for hit in sim.hits].count("ws-open") == 3  # faulty-ws: 2 sockets, fixed-ws: 1
 
 
 # configuration and entry point -----------------------------------------------------------------

@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import queue
+import re
 import signal
 import subprocess
 import sys
@@ -44,7 +45,13 @@ from sessiontap.simulator.agent import (
     reply,
     simulate_turns,
 )
-from sessiontap.simulator.server import Faults, Simulator, running_simulator, validate_simulation
+from sessiontap.simulator.server import (
+    Faults,
+    Shapes,
+    Simulator,
+    running_simulator,
+    validate_simulation,
+)
 
 KEY = {"xi-api-key": "sk_test_simulator"}
 WAIT = 5.0
@@ -305,7 +312,123 @@ def test_stream_lines_arrive_before_the_response_ends(simulator: Simulator) -> N
         rest = [json.loads(line) for line in lines if line]
     assert first["simulated_conversation"][0]["role"] == "agent"
     assert len(rest) == 3
+    deadline = time.monotonic() + WAIT  # the handler records its status just after the last line is sent
+    while hit.status is None and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert hit.status == 200
+
+
+# answer shapes: history echo and SSE framing ------------------------------------------------
+
+ECHO_HISTORY = [
+    {"role": "agent", "message": FIRST_MESSAGE, "time_in_call_secs": 0},
+    {"role": "user", "message": SCRIPT[0], "time_in_call_secs": "4", "source_medium": "text"},
+]
+ECHOED = [ECHO_HISTORY[0], {**ECHO_HISTORY[1], "time_in_call_secs": 4}]
+
+
+def simulate(sim: Simulator, stream: bool = False, **extra: Any) -> httpx.Response:
+    """POST the echo-test history with `new_turns_limit=2` (or `extra`) and return the answer."""
+    body = spec(ECHO_HISTORY, **{"new_turns_limit": 2, **extra})
+    response = httpx.post(sim.url + simulate_path(stream=stream), json=body, headers=KEY, timeout=WAIT)
+    assert response.status_code == 200
+    return response
+
+
+def parse_sse(text: str) -> list[dict[str, str]]:
+    """Decode a Server-Sent Events body: one {field: value} per event, its data lines joined by \\n."""
+    events: list[dict[str, str]] = []
+    fields: dict[str, str] = {}
+    data: list[str] = []
+    for line in re.split(r"\r\n|\r|\n", text):
+        if not line:
+            if data:
+                events.append({**fields, "data": "\n".join(data)})
+            fields, data = {}, []
+        elif not line.startswith(":"):
+            name, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            if name == "data":
+                data.append(value)
+            else:
+                fields[name] = value
+    return events
+
+
+def test_history_echo_off_and_on_in_the_batch_answer(simulator: Simulator) -> None:
+    new = simulate(simulator).json()["simulated_conversation"]
+    assert [turn["role"] for turn in new] == ["agent", "user"]
+    assert new[0]["time_in_call_secs"] > 4
+    simulator.shapes.history_echo = True  # switched on the running server
+    assert simulate(simulator).json()["simulated_conversation"] == ECHOED + new
+
+
+def test_history_echo_off_and_on_in_the_ndjson_stream(simulator: Simulator) -> None:
+    batch = simulate(simulator).json()
+    off = simulate(simulator, stream=True)
+    expected = [{"simulated_conversation": [turn]} for turn in batch["simulated_conversation"]]
+    expected.append({"analysis": batch["analysis"]})
+    assert off.text == "".join(json.dumps(line) + "\n" for line in expected)  # today's bytes
+    simulator.shapes.history_echo = True
+    on = [json.loads(line) for line in simulate(simulator, stream=True).text.splitlines()]
+    assert on == [{"simulated_conversation": [turn]} for turn in ECHOED] + expected
+
+
+def test_history_echo_from_the_constructor_parses_in_the_sdk(make_simulator: Any) -> None:
+    sim = make_simulator(history_echo=True)
+    result = client_for(sim).conversational_ai.agents.simulate_conversation(
+        agent_id=DEFAULT_AGENT_ID,
+        simulation_specification=ConversationSimulationSpecification(
+            simulated_user_config=AgentConfig(),
+            partial_conversation_history=[
+                ConversationHistoryTranscriptCommonModelInput(**turn) for turn in ECHOED
+            ],
+        ),
+        new_turns_limit=1,
+    )
+    turns = result.simulated_conversation
+    assert [(turn.role, turn.message) for turn in turns[:2]] == [
+        (turn["role"], turn["message"]) for turn in ECHOED
+    ]
+    assert len(turns) == 3 and turns[2].role == "agent"
+    assert "cotton t-shirts" in (turns[2].message or "")
+
+
+def test_sse_framing_events_ids_split_data_and_done(make_simulator: Any) -> None:
+    sim = make_simulator(stream_framing="sse")
+    batch = simulate(sim, new_turns_limit=3).json()
+    response = simulate(sim, stream=True, new_turns_limit=3)
+    assert response.headers["content-type"].startswith("text/event-stream")
+    assert response.text.startswith(": ping\n")
+    events = parse_sse(response.text)
+    assert [event.get("event") for event in events] == ["message"] * 3 + ["analysis", None]
+    assert [event.get("id") for event in events[:3]] == ["1", "2", "3"]
+    turns = [turn for event in events[:3] for turn in json.loads(event["data"])["simulated_conversation"]]
+    assert turns == batch["simulated_conversation"]
+    assert json.loads(events[3]["data"]) == {"analysis": batch["analysis"]}
+    assert events[4]["data"] == "[DONE]"
+    assert "\n" in events[3]["data"]  # split across two data: lines; only joined it is JSON
+    data_lines = [line for line in response.text.splitlines() if line.startswith("data:")]
+    assert len(data_lines) > len(events)
+
+
+def test_sse_framing_with_history_echo_switched_at_run_time(simulator: Simulator) -> None:
+    simulator.shapes.stream_framing = "sse"
+    simulator.shapes.history_echo = True
+    batch = simulate(simulator).json()
+    events = parse_sse(simulate(simulator, stream=True).text)
+    messages = [event for event in events if event.get("event") == "message"]
+    assert [event["id"] for event in messages] == ["1", "2", "3", "4"]
+    turns = [json.loads(event["data"])["simulated_conversation"][0] for event in messages]
+    assert turns[:2] == ECHOED
+    assert turns == batch["simulated_conversation"]
+
+
+def test_shapes_refuse_an_unknown_stream_framing() -> None:
+    with pytest.raises(ValueError, match="stream_framing"):
+        Shapes(stream_framing="xml")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="stream_framing"):
+        Simulator(stream_framing="json")  # type: ignore[arg-type]
 
 
 # HTTP errors and faults -----------------------------------------------------------------------
@@ -809,11 +932,13 @@ def test_stopping_closes_open_sockets_with_1001() -> None:
     assert closed.value.rcvd.code == 1001
 
 
-def test_subprocess_writes_port_file_and_exits_on_sigterm(tmp_path: Path) -> None:
+@contextmanager
+def simulator_process(tmp_path: Path, *flags: str) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    """Run `python -m sessiontap.simulator` with `flags`; yield the process and its port."""
     port_file = tmp_path / "port"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     process = subprocess.Popen(
-        [sys.executable, "-m", "sessiontap.simulator", "--port", "0", "--port-file", str(port_file)],
+        [sys.executable, "-m", "sessiontap.simulator", "--port", "0", "--port-file", str(port_file), *flags],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,
@@ -824,16 +949,32 @@ def test_subprocess_writes_port_file_and_exits_on_sigterm(tmp_path: Path) -> Non
         while not port_file.exists() and time.monotonic() < deadline:
             assert process.poll() is None
             time.sleep(0.05)
-        port = int(port_file.read_text())
+        yield process, int(port_file.read_text())
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=5)
+
+
+def test_subprocess_writes_port_file_and_exits_on_sigterm(tmp_path: Path) -> None:
+    with simulator_process(tmp_path) as (process, port):
         response = httpx.get(
             f"http://127.0.0.1:{port}/v1/convai/agents/{DEFAULT_AGENT_ID}", headers=KEY
         )
         assert response.status_code == 200
         process.send_signal(signal.SIGTERM)
         out, _ = process.communicate(timeout=10)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=5)
     assert process.returncode == 0
     assert out.strip() == f"ElevenLabs simulator listening on http://127.0.0.1:{port}"
+
+
+def test_subprocess_shape_flags(tmp_path: Path) -> None:
+    with simulator_process(tmp_path, "--history-echo", "--stream-framing", "sse") as (_, port):
+        url = f"http://127.0.0.1:{port}" + simulate_path(stream=True)
+        body = spec(ECHO_HISTORY, new_turns_limit=1)
+        response = httpx.post(url, json=body, headers=KEY, timeout=WAIT)
+    assert response.headers["content-type"].startswith("text/event-stream")
+    events = parse_sse(response.text)
+    turns = [json.loads(event["data"])["simulated_conversation"][0] for event in events[:3]]
+    assert turns[:2] == ECHOED and turns[2]["role"] == "agent"
+    assert [event.get("event") for event in events[3:]] == ["analysis", None]

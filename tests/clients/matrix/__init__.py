@@ -1,0 +1,1 @@
+"""Independent ElevenLabs test clients for the recording proxy's test matrix."""
