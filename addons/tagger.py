@@ -11,6 +11,7 @@ from mitmproxy.addonmanager import Loader
 from sessiontap.bridge import adapt
 from sessiontap.bridge.guard import guarded
 from sessiontap.bridge.options import Check, check_updated
+from sessiontap.core.code import CodeTrace, Frame, frames_of
 from sessiontap.core.decode import Decoded, WsDecoder, decode_exchange
 from sessiontap.core.model import Call, Closing, Note
 from sessiontap.core.protocol import header, is_conversational, is_websocket_path
@@ -45,6 +46,8 @@ class SessionTagger:
         self.pending: dict[str, Call] = {}
         self.sockets: dict[str, WsDecoder] = {}
         self.listeners: list[Listener] = list(listeners or [])  # in order: findings, then the journal
+        self.code = CodeTrace()
+        self.trace_offset = 0
 
     def load(self, loader: Loader) -> None:
         loader.add_option(
@@ -60,6 +63,11 @@ class SessionTagger:
             "sessiontap_client", str, "",
             "Name of the client that makes all the traffic ('' : each client is told apart by its address, "
             "User-Agent and key fingerprint). `sessiontap record -- CMD` names the run.",
+        )
+        loader.add_option(
+            "sessiontap_code_trace", str, "",
+            "File of the client's code trace (where each connection and request came from); "
+            "`sessiontap record -- CMD` keeps one as code.jsonl unless --no-code-trace.",
         )
         loader.add_option(
             "sessiontap_session_gap", float, DEFAULTS.session_gap,
@@ -97,6 +105,23 @@ class SessionTagger:
         if isinstance(flow, http.HTTPFlow):
             self._emit(flow, found)
 
+    def _code(self, flow: http.HTTPFlow) -> list[Frame]:
+        """The client's frames that sent this request, from the code trace the record run keeps (none without)."""
+        path = ctx.options.sessiontap_code_trace
+        if not path:
+            return []
+        try:
+            with open(path, "rb") as f:
+                f.seek(self.trace_offset)
+                data = f.read()
+        except OSError:
+            return []
+        end = data.rfind(b"\n") + 1  # whole lines only; a line being written is read next time
+        self.trace_offset += end
+        self.code.feed(data[:end].decode("utf-8", "replace").splitlines())
+        peer = flow.client_conn.peername
+        return self.code.code_for(peer[1] if peer else None, flow.request.timestamp_start)
+
     def _options(self) -> tuple[str, str]:
         return ctx.options.sessiontap_session_header, ctx.options.sessiontap_session_field
 
@@ -106,15 +131,18 @@ class SessionTagger:
         if not flow.live or not is_conversational(flow.request.path.split("?", 1)[0]):
             return
         client = adapt.client_identity(flow, ctx.options.sessiontap_client)
+        meta: dict[str, Any] = {adapt.CLIENT_KEY: client}
+        code = self._code(flow)
+        if code:
+            meta[adapt.CODE_KEY] = [list(f) for f in code]
         if is_websocket_path(flow.request.path.split("?", 1)[0]):
             name = self._options()[0]
             declared = header(adapt.request_headers(flow), name) if name else None
             sid = declared or f"ws-{flow.id[:8]}"
             flow.request.headers[TAG_HEADER] = sid
-            flow.metadata[META_KEY] = {"session": sid, "session_source": "client" if declared else "",
-                                       adapt.CLIENT_KEY: client}
+            flow.metadata[META_KEY] = {"session": sid, "session_source": "client" if declared else "", **meta}
             return
-        flow.metadata[META_KEY] = {adapt.CLIENT_KEY: client}
+        flow.metadata[META_KEY] = meta
         found = decode_exchange(adapt.exchange(flow), *self._options())
         if not found.calls:
             return
@@ -132,6 +160,7 @@ class SessionTagger:
             self.sockets[flow.id] = WsDecoder(
                 flow.id, flow.request.url, adapt.request_headers(flow), flow.request.timestamp_start,
                 adapt.client_identity(flow), self._options()[0], adapt.connection(flow),
+                frames_of(flow.metadata.get(META_KEY, {}).get(adapt.CODE_KEY)),
             )
             flow.response.headers[TAG_HEADER] = flow.metadata.get(META_KEY, {}).get("session", "")
             return

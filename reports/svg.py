@@ -31,6 +31,10 @@ class DiagramRow:
     reset: bool = False
     rules: str = ""  # the rule ids raised at this call, for the tooltip
     gap: int = 0
+    code: str = ""  # the client's code path that sent the call, for the tooltip
+
+
+SERVER_LABEL = 46  # characters of the server lane's label
 
 
 def _clip(text: str, n: int) -> str:
@@ -84,6 +88,7 @@ def flow_diagram(rows: Sequence[DiagramRow], title: str) -> Markup:
             parts.append(_text(WIDTH / 2, y + 4, f"… {row.gap} calls without findings …", "gap", "middle"))
             continue
         tip = f"<title>{escape(row.label)}: {escape(row.server)}{escape(' — ' + row.rules if row.rules else '')}"
+        tip += escape(f" — sent from {row.code}") if row.code else ""
         tip += "</title>"
         cls = "row reset" if row.reset else ("row flagged" if row.rules else "row")
         parts.append(f'<a href="#{escape(row.anchor)}" class="{cls}" data-call="{escape(row.anchor)}">{tip}')
@@ -98,7 +103,7 @@ def flow_diagram(rows: Sequence[DiagramRow], title: str) -> Markup:
             parts.append(f'<circle class="tag" cx="337" cy="{y:.0f}" r="4"/>')
         parts.append(f'<rect class="conv {escape(row.event)}" x="420" y="{y - 11:.0f}" width="326" height="22" '
                      'rx="4"/>')
-        parts.append(_text(428, y + 4, _clip(row.server, 46), "conv-label"))
+        parts.append(_text(428, y + 4, _clip(row.server, SERVER_LABEL), "conv-label"))
         parts.append("</a>")
     parts.append("</svg>")
     return Markup("".join(parts))

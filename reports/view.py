@@ -18,12 +18,13 @@ from typing import Any
 from markupsafe import Markup
 
 from sessiontap.core.analysis import Analysis, context_size
+from sessiontap.core.code import where
 from sessiontap.core.contextdiff import ContextDiff, diff
 from sessiontap.core.model import HTTP, WEBSOCKET, Call, Finding, FlowRecord, SessionState, Turn, WsMessage
 from sessiontap.core.protocol import frame_type, parse_frame
 from sessiontap.core.rules import ERROR, INFO, RULES, WARNING, carried_context
 from sessiontap.core.settings import DEFAULTS
-from sessiontap.reports.svg import DiagramRow, GrowthPoint, flow_diagram, growth_chart
+from sessiontap.reports.svg import SERVER_LABEL, DiagramRow, GrowthPoint, flow_diagram, growth_chart
 
 BODY_LIMIT = 4000  # characters of a request/response body shown; the rest is in flows.mitm
 TURN_LIMIT = 2000  # characters of one turn in a diff
@@ -129,6 +130,7 @@ class CallRow:
     reply_text: str
     diff: DiffView
     details: CallDetails | None
+    code: str = ""  # the client's code that sent it: "websocket.py:171 send ← durin.py:55 run"
 
 
 @dataclass(slots=True)
@@ -445,17 +447,29 @@ def session_rows(state: SessionState, session_anchor: str, call_anchors: Mapping
             user_text=clip(call.user_text or "", TURN_LIMIT)[0], reply_text=clip(call.reply_text, TURN_LIMIT)[0],
             diff=diff_view(call, prev, diffs.get(call.id)),
             details=call_details(call, records.get(call.flow_id), windows.get(call.id, [])),
+            code=where(call.code),
         ))
         prev = call
     return rows
+
+
+def opened_from(row: CallRow) -> str:
+    """A diagram's server label: what happened to the conversation, and for a new one the line that opened it."""
+    if row.code and row.conversation_event in ("new", "restarted"):
+        file, _, rest = row.code.split(" ← ")[0].partition(":")
+        at = f" ← {file.rsplit('/', 1)[-1]}:{rest.split(' ')[0]}"
+        room = SERVER_LABEL - len(at)
+        label = row.conversation_label
+        return (label if len(label) <= room else label[: room - 1] + "…") + at
+    return row.conversation_label
 
 
 def detail_session(view: SessionView, state: SessionState, analysis: Analysis, index: ReportIndex,
                    records: Mapping[str, FlowRecord], limit: int) -> None:
     """Fill a session's diagram, growth chart and call rows (the heavy part, done only for shown sessions)."""
     rows = session_rows(state, view.anchor, index.call_anchor, index.by_call, analysis.diffs, records)
-    diagram = [DiagramRow(r.anchor, f"#{r.number} {r.declared or '(no id)'}", r.conversation_label,
-                          r.conversation_event, r.reset, ", ".join(r.rules)) for r in rows]
+    diagram = [DiagramRow(r.anchor, f"#{r.number} {r.declared or '(no id)'}", opened_from(r),
+                          r.conversation_event, r.reset, ", ".join(r.rules), code=r.code) for r in rows]
     view.diagram = flow_diagram(diagram, f"flow of session {view.id}")
     points = [GrowthPoint(**{k: context_size(c)[k] for k in ("turns", "tokens")}) for c in state.calls]
     view.growth = growth_chart(points, limit, f"context growth of session {view.id}")

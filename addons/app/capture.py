@@ -70,7 +70,7 @@ def analyse_flows(flows: list[http.HTTPFlow], settings: Settings = DEFAULTS) -> 
             found = decode_websocket(
                 flow.id, flow.request.url, adapt.request_headers(flow), flow.request.timestamp_start,
                 (adapt.ws_message(m) for m in ws.messages), ws.close_code, ws.timestamp_end,
-                adapt.client_identity(flow), session_header, adapt.connection(flow))
+                adapt.client_identity(flow), session_header, adapt.connection(flow), adapt.exchange(flow).code)
             key = found.calls[0].server_conversation if found.calls else flow.id
             closings.append(Closing(key, flow.id, ws.close_code, ws.closed_by_client,
                                     ws.timestamp_end or flow.request.timestamp_start))

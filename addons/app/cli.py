@@ -50,9 +50,11 @@ def main() -> None:
 @click.option("--listen-host", metavar="HOST", help="Address to listen on [default: 127.0.0.1].")
 @click.option("--listen-port", type=int, metavar="PORT", help="Port to listen on [default: a free port].")
 @click.option("--out", metavar="DIR", help="Output directory [default: sessiontap-out/<time>].")
+@click.option("--no-code-trace", is_flag=True,
+              help="Do not note where in the client's code (Python, Node) each connection and request came from.")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def record(config: Path | None, mode: str | None, upstream: str | None, listen_host: str | None,
-           listen_port: int | None, out: str | None, command: tuple[str, ...]) -> None:
+           listen_port: int | None, out: str | None, no_code_trace: bool, command: tuple[str, ...]) -> None:
     """Record a client's ElevenLabs traffic, tagged by session.
 
     With a command after `--`, run it with the proxy already set in its environment, stop
@@ -68,7 +70,7 @@ def record(config: Path | None, mode: str | None, upstream: str | None, listen_h
             "sessiontap_out": out,
         })
         settings.setdefault("sessiontap_out", str(default_out()))
-        result = run_record(settings, list(command), announce=say)
+        result = run_record(settings, list(command), announce=say, code_trace=not no_code_trace)
     except SessiontapError as e:
         raise click.ClickException(str(e)) from e
     _finish(result, settings)
@@ -113,9 +115,14 @@ def demo(out: str | None, mode: str) -> None:
     ProperDurinClient replicas (HTTP and WebSocket) through the proxy, and prints what
     was recorded. Needs no account and no network.
     """
+    import os
+
+    import sessiontap.samples
     from sessiontap.app.runner import run_record
     from sessiontap.simulator.server import running_simulator
 
+    # the sample clients stand for the user's own code in the code trace, installed or not
+    os.environ["SESSIONTAP_CODE_TRACE_USER"] = str(Path(sessiontap.samples.__file__).parent)
     with running_simulator() as sim:
         say(f"sessiontap: simulator on {sim.url}")
         settings = {"sessiontap_mode": mode, "sessiontap_upstream": sim.url,

@@ -21,6 +21,7 @@ from mitmproxy.addons import default_addons
 from mitmproxy.master import Master
 
 from sessiontap.core.analysis import Analysis
+from sessiontap.core.code import CODE_FILE
 from sessiontap.core.errors import SessiontapError
 from sessiontap.core.redact import Redactor
 from sessiontap.router import DEFAULT_UPSTREAM, ELEVENLABS_HOSTS, parse_upstream
@@ -86,6 +87,22 @@ def child_env(mode: str, host: str, port: int, conf: Path, base: dict[str, str])
     env.update(SSL_CERT_FILE=bundle, REQUESTS_CA_BUNDLE=bundle, CURL_CA_BUNDLE=bundle,
                NODE_EXTRA_CA_CERTS=str(conf / CA_CERT))
     return env
+
+
+CODE_TRACE_DIR = Path(__file__).resolve().parent / "codetrace"  # sitecustomize.py and preload.cjs
+
+
+def traced_env(env: dict[str, str], trace: Path) -> dict[str, str]:
+    """The environment with the code trace on: our sitecustomize first on PYTHONPATH, our preload in NODE_OPTIONS.
+
+    What the user had is kept after ours (their sitecustomize still runs: ours hands over to it).
+    """
+    out = dict(env)
+    out["SESSIONTAP_CODE_TRACE"] = str(trace)
+    out["PYTHONPATH"] = os.pathsep.join(p for p in (str(CODE_TRACE_DIR), env.get("PYTHONPATH", "")) if p)
+    preload = f'--require "{CODE_TRACE_DIR / "preload.cjs"}"'
+    out["NODE_OPTIONS"] = " ".join(p for p in (preload, env.get("NODE_OPTIONS", "")) if p)
+    return out
 
 
 def env_lines(mode: str, host: str, port: int, conf: Path) -> list[str]:
@@ -166,7 +183,7 @@ async def _stop_child(proc: asyncio.subprocess.Process) -> int:
 
 
 async def record(settings: dict[str, Any], command: list[str],
-                 announce: Callable[[str], None] = print) -> RecordResult:
+                 announce: Callable[[str], None] = print, code_trace: bool = True) -> RecordResult:
     """Run the proxy (and the client command, if any) until it ends; return the exit code and counts."""
     conf = confdir()
     conf.mkdir(parents=True, exist_ok=True)
@@ -177,6 +194,12 @@ async def record(settings: dict[str, Any], command: list[str],
     master.addons.add(ready, *ours.addons, *default_addons())
     if command and not settings.get("sessiontap_client"):
         settings = {**settings, "sessiontap_client": "run: " + shlex.join(command)[:120]}  # the run is the client
+    trace = Path(settings["sessiontap_out"]) / CODE_FILE if command and code_trace and settings.get("sessiontap_out") \
+        else None
+    if trace is not None:
+        trace.parent.mkdir(parents=True, exist_ok=True)
+        trace.touch()
+        settings = {**settings, "sessiontap_code_trace": str(trace)}
     try:
         master.options.update(**mitm_options(settings, conf))
         master.options.update(**settings)
@@ -201,6 +224,8 @@ async def record(settings: dict[str, Any], command: list[str],
         code = 0
         if command:
             env = child_env(mode, host, port, conf, dict(os.environ))
+            if trace is not None:
+                env = traced_env(env, trace)
             announce(f"sessiontap: {mode} proxy on {host}:{port}, recording to {out or '(nowhere)'}")
             try:
                 proc = await asyncio.create_subprocess_exec(*command, env=env)
@@ -233,7 +258,7 @@ async def record(settings: dict[str, Any], command: list[str],
 
 
 def run_record(settings: dict[str, Any], command: list[str],
-               announce: Callable[[str], None] = print) -> RecordResult:
+               announce: Callable[[str], None] = print, code_trace: bool = True) -> RecordResult:
     """Synchronous entry for the CLI: checks the upstream, then records until done."""
     upstream = settings.get("sessiontap_upstream", DEFAULT_UPSTREAM)
     try:
@@ -243,4 +268,4 @@ def run_record(settings: dict[str, Any], command: list[str],
     if upstream != DEFAULT_UPSTREAM:
         check_upstream(upstream)
     with _logging():
-        return asyncio.run(record(settings, command, announce))
+        return asyncio.run(record(settings, command, announce, code_trace))

@@ -6,6 +6,7 @@ import hashlib
 
 from mitmproxy import http
 
+from sessiontap.core.code import frames_of
 from sessiontap.core.model import Exchange, WsMessage
 from sessiontap.core.redact import Redactor
 
@@ -17,6 +18,7 @@ def _headers(h: http.Headers | None) -> dict[str, str]:
 
 
 CLIENT_KEY = "client"  # in flow.metadata["sessiontap"]: the client as the live run named it
+CODE_KEY = "code"  # in flow.metadata["sessiontap"]: the client's frames that sent the flow
 KEY_HEADERS = ("xi-api-key", "authorization", "x-api-key", "api-key")
 
 
@@ -69,6 +71,7 @@ def exchange(flow: http.HTTPFlow) -> Exchange:
         error=flow.error.msg if flow.error else None,
         client=client_identity(flow),
         connection=connection(flow),
+        code=frames_of(flow.metadata.get("sessiontap", {}).get(CODE_KEY)),
     )
 
 

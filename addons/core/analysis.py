@@ -13,7 +13,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sessiontap.core import rules
+from sessiontap.core.code import frames_of, where
 from sessiontap.core.contextdiff import ContextDiff, approx_tokens, diff
+from sessiontap.core.decode import TRANSCRIPT_FIELD
 from sessiontap.core.model import Call, Closing, Finding, Note, ServerConversation, SessionState
 from sessiontap.core.rules import ERROR, INFO, WARNING
 from sessiontap.core.sessions import BY_NEW, CLIENT, INFERRED, LINEAGE, SessionTracker
@@ -86,11 +88,31 @@ class Analysis:
             return head + ": no calls seen" + (f", {', '.join(causes)}" if causes else "")
         if failed == len(self.calls):
             return head + ": no call succeeded, " + ", ".join(causes or ["every call failed"])
+        causes += self.code_causes()
         if not causes:
             doubts = sum(n for rule, n in warnings.items() if rule in DOUBTS)
             return head + ": the conversation continues" + (f" ({count(doubts, 'warning')} to check)"
                                                             if doubts else "")
         return head + ": " + ", ".join(causes)
+
+
+    def code_causes(self) -> list[str]:
+        """Where in the client's code the context was lost, when every loss of a session came from one place."""
+        out = []
+        by_session: dict[str, list[Finding]] = {}
+        for f in self.findings:
+            if f.rule == "context-reset" and f.severity == ERROR:
+                by_session.setdefault(f.session, []).append(f)
+        for session, found in by_session.items():
+            frames = [frames_of([[c.get("file"), c.get("line"), c.get("function")] for c in f.evidence.get("code", [])])
+                      for f in found]
+            innermost = {fr[0] for fr in frames if fr}
+            if len(found) < 2 or len(innermost) != 1 or any(not fr for fr in frames):
+                continue
+            socket = found[0].evidence.get("field") == TRANSCRIPT_FIELD
+            what = "new conversation was opened" if socket else "call that lost the context was sent"
+            out.append(f"in {session} every {what} at {where(frames[0])}")
+        return out
 
 
 # Error findings named in the verdict, most telling first (rule id -> how the verdict says it).
@@ -114,10 +136,11 @@ class Analyzer:
     """Runs the rules over calls as they come; keeps the state the report needs."""
 
     def __init__(self, settings: Settings | None = None, tracker: SessionTracker | None = None,
-                 reused: Iterable[str] = ()) -> None:
+                 hindsight: Hindsight | None = None) -> None:
         self.settings = settings or Settings()
-        self.reused = frozenset(reused)  # connections known to carry several calls (the whole capture's, offline)
-        self.tracker = tracker or SessionTracker(self.settings.session_gap, self.reused)
+        self.hindsight = hindsight or Hindsight()  # what only the whole capture tells (offline; live: at the end)
+        self.tracker = tracker or SessionTracker(self.settings.session_gap, self.hindsight.last_use,
+                                                 concurrent=self.hindsight.concurrent)
         self.thread_trackers: dict[str, SessionTracker] = {}  # per session: its conversations (lineage threads)
         self.thread_numbers: dict[str, dict[str, int]] = {}
         self.sessions: dict[str, SessionState] = {}
@@ -151,7 +174,7 @@ class Analyzer:
         conversations under one id are told apart by their lineage, connections and timing.
         """
         tracker = self.thread_trackers.setdefault(
-            state.id, SessionTracker(self.settings.session_gap, self.reused, infer_order=False))
+            state.id, SessionTracker(self.settings.session_gap, self.hindsight.last_use, infer_order=False))
         numbers = self.thread_numbers.setdefault(state.id, {})
         bare = replace(call, declared_session=None, session="", session_source="", session_evidence="",
                        churned_from=None, user_id=None, context=list(rules.carried_context(call)[1]))
@@ -247,14 +270,14 @@ class Analyzer:
         conversation, and analysed again: a declared id shared by them (``session-id-collision``),
         or conversations that order in time had joined before their own lineage went on.
         """
-        reused = connections_reused(self.calls)
-        if reused - self.reused:  # live, the reuse of connections is only known at the end: group again
-            return self._again(reused)
+        seen = Hindsight.of(self.calls)
+        if seen != self.hindsight:  # live, how connections and clients go on is only known at the end: group again
+            return self._again(seen)
         if self.interleaved:
             return self._split([f for f in self.findings if f.rule == "session-id-collision"])
         return self._sorted()
 
-    def _again(self, reused: frozenset[str]) -> Analysis:
+    def _again(self, hindsight: Hindsight) -> Analysis:
         """The whole analysis again, in time order, knowing which connections carried several calls."""
         calls = [c for c in self.events if isinstance(c, Call)]
         for c in calls:
@@ -262,7 +285,7 @@ class Analyzer:
             c.churned_from = None
         closings = [c for c in self.events if isinstance(c, Closing)]
         notes = [n for n in self.events if isinstance(n, tuple)]
-        an = Analyzer(self.settings, reused=reused)
+        an = Analyzer(self.settings, hindsight=hindsight)
         an.first_messages.update(self.first_messages)
         run_in_time_order(an, calls, closings)
         for note, session in notes:
@@ -273,7 +296,7 @@ class Analyzer:
         """Analyse the interleaved sessions again, one session per lineage thread; the others stay as they are."""
         collided = set(self.interleaved)
         started: set[str] = set()
-        again = Analyzer(self.settings, reused=self.reused)
+        again = Analyzer(self.settings, hindsight=self.hindsight)
         again.first_messages.update(self.first_messages)
         split_into: dict[str, list[str]] = {}
         for ev in self.events:
@@ -326,16 +349,33 @@ def context_size(call: Call) -> dict[str, int]:
     return {"turns": len(turns), "chars": sum(len(t.text) for t in turns), "tokens": approx_tokens(turns)}
 
 
-def connections_reused(calls: Iterable[Call]) -> frozenset[str]:
-    """The client connections that carried more than one call (keep-alive HTTP, or one socket's turns)."""
-    seen: dict[str, str] = {}
-    reused = set()
-    for c in calls:
-        if c.connection:
-            first = seen.setdefault(c.connection, c.flow_id)
-            if first != c.flow_id:
-                reused.add(c.connection)
-    return frozenset(reused)
+@dataclass(slots=True)
+class Hindsight:
+    """What only the whole recording tells the session grouping: how long connections go on, who runs calls at once."""
+
+    last_use: dict[str, float] = field(default_factory=dict)  # connection (with 2+ flows) -> its last call's start
+    concurrent: frozenset[str] = frozenset()  # clients that ever had two calls in flight at once
+
+    @classmethod
+    def of(cls, calls: Iterable[Call]) -> Hindsight:
+        """The hindsight of a finished set of calls."""
+        flows: dict[str, set[str]] = {}
+        last: dict[str, float] = {}
+        by_client: dict[str, list[Call]] = {}
+        for c in calls:
+            by_client.setdefault(c.client, []).append(c)
+            if c.connection:
+                flows.setdefault(c.connection, set()).add(c.flow_id)
+                last[c.connection] = max(last.get(c.connection, c.started), c.started)
+        concurrent = set()
+        for client, mine in by_client.items():
+            busy_until = float("-inf")
+            for c in sorted(mine, key=lambda c: c.started):
+                if c.started < busy_until:
+                    concurrent.add(client)
+                    break
+                busy_until = max(busy_until, c.ended if c.ended is not None else c.started)
+        return cls({conn: t for conn, t in last.items() if len(flows[conn]) > 1}, frozenset(concurrent))
 
 
 def run_in_time_order(an: Analyzer, calls: Iterable[Call], closings: Iterable[Closing]) -> None:
@@ -353,7 +393,7 @@ def analyse(calls: Iterable[Call], notes: Iterable[Note] = (), first_messages: d
             closings: Iterable[Closing] = (), settings: Settings | None = None) -> Analysis:
     """Analyse a finished recording: calls in start order, socket closes in time order."""
     calls = list(calls)
-    an = Analyzer(settings, reused=connections_reused(calls))
+    an = Analyzer(settings, hindsight=Hindsight.of(calls))
     an.first_messages.update(first_messages or {})
     run_in_time_order(an, calls, closings)
     for note in notes:

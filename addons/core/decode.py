@@ -182,6 +182,7 @@ def decode_simulate(ex: Exchange, agent_id: str, stream: bool, session_header: s
         error=ex.error,
         client=ex.client,
         connection=ex.connection,
+        code=list(ex.code),
         request_digest=request_digest(ex.request_body),
     )
     try:
@@ -259,13 +260,15 @@ class WsDecoder:
     """
 
     def __init__(self, flow_id: str, url: str, headers: dict[str, str], started: float,
-                 client: str = "", session_header: str = DEFAULTS.session_header, connection: str = "") -> None:
+                 client: str = "", session_header: str = DEFAULTS.session_header, connection: str = "",
+                 code: list[tuple[str, int, str]] | None = None) -> None:
         query = dict(parse_qsl(urlsplit(url).query))
         self.flow_id = flow_id
         self.agent_id = query.get("agent_id", "")
         self.declared_session = header(headers, session_header) if session_header else None
         self.client = client
         self.connection = connection
+        self.code = list(code or [])
         self.started = started
         self.user_id: str | None = None
         self.conversation_id: str | None = None
@@ -299,6 +302,7 @@ class WsDecoder:
             first_message_override=self.first_message_override,
             client=self.client,
             connection=self.connection,
+            code=list(self.code),
             request_digest=request_digest(text.encode()),
         )
         call.context_formats[TRANSCRIPT_FIELD] = FORMAT_TURNS if self.transcript else FORMAT_EMPTY
@@ -388,9 +392,9 @@ class WsDecoder:
 def decode_websocket(flow_id: str, url: str, headers: dict[str, str], started: float,
                      messages: Iterable[WsMessage], close_code: int | None, ended: float | None,
                      client: str = "", session_header: str = DEFAULTS.session_header,
-                     connection: str = "") -> Decoded:
+                     connection: str = "", code: list[tuple[str, int, str]] | None = None) -> Decoded:
     """All calls of one recorded WebSocket (the offline twin of feeding a WsDecoder live)."""
-    dec = WsDecoder(flow_id, url, headers, started, client, session_header, connection)
+    dec = WsDecoder(flow_id, url, headers, started, client, session_header, connection, code)
     out = Decoded()
     for msg in messages:
         part = dec.feed(msg)

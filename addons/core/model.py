@@ -53,6 +53,7 @@ class Exchange:
     error: str | None = None
     client: str = ""  # who made the traffic: the record run, or address (no port) + User-Agent + key fingerprint
     connection: str = ""  # the client's address and port: one TCP connection
+    code: list[tuple[str, int, str]] = field(default_factory=list)  # the client's frames that sent it (file, line, fn)
 
 
 @dataclass(slots=True)
@@ -104,6 +105,7 @@ class Call:
     error: str | None = None
     client: str = ""
     connection: str = ""
+    code: list[tuple[str, int, str]] = field(default_factory=list)  # client frames that sent it, innermost first
     request_digest: str = ""
     session: str = ""
     session_source: str = ""

@@ -18,6 +18,7 @@ import difflib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from sessiontap.core.code import as_json, place, where
 from sessiontap.core.contextdiff import approx_tokens, diff
 from sessiontap.core.decode import FORMAT_FLAT, FORMAT_SUMMARY, HISTORY_FIELD
 from sessiontap.core.model import AGENT, USER, WEBSOCKET, Call, Closing, Finding, Note, SessionState, Turn
@@ -170,11 +171,12 @@ def context_reset(j: Judged) -> list[Finding]:
         severity, how = (ERROR if had_reply else WARNING), f"lost turns: {len(expected)} held, {len(kept)} sent"
     fix = (HTTP_CONTEXT_FIX if call.protocol != WEBSOCKET else
            "keep one WebSocket open for the whole conversation; a new socket is a new conversation")
+    sent_from = f"; sent from {where(call.code)}" if call.code else ""
     return [_finding(
         "context-reset", severity, state, [prev, call],
-        f"context {how} at call #{len(state.calls) + 1} of the session ({call.context_field})", fix, at=call,
-        previous_context=_text(expected), context=_text(call.context), field=call.context_field,
-        dropped=len(d.dropped), kept=d.prefix, empty=not kept,
+        f"context {how} at call #{len(state.calls) + 1} of the session ({call.context_field}){sent_from}", fix,
+        at=call, previous_context=_text(expected), context=_text(call.context), field=call.context_field,
+        dropped=len(d.dropped), kept=d.prefix, empty=not kept, code=as_json(call.code),
     )]
 
 
@@ -205,7 +207,7 @@ def repeated_opening(j: Judged) -> list[Finding]:
                 return [_finding(
                     "repeated-opening", ERROR, state, [call],
                     f"the agent answered with its opening line again (similarity {score:.2f})", fix,
-                    repeated=text, opening=ref, similarity=round(score, 3),
+                    repeated=text, opening=ref, similarity=round(score, 3), code=as_json(call.code),
                 )]
     return []
 
@@ -335,11 +337,15 @@ def new_conversation_per_message(j: Judged) -> list[Finding]:
     convs = [c for c in state.server_conversations.values() if not c.after_upstream_error]
     if len(convs) < 2 or any(c.user_messages > 1 for c in convs):
         return []
+    opened = {c.server_conversation: c.code for c in reversed(state.calls)}  # each conversation's first call
+    places = sorted({place(code) for code in opened.values() if code})
+    at = f"; opened at {places[0]}" if len(places) == 1 else ""
     return _aggregate(state, "new-conversation-per-message", call, _finding(
         "new-conversation-per-message", ERROR, state, list(state.calls),
-        f"{len(convs)} server conversations for one session, one user message each",
+        f"{len(convs)} server conversations for one session, one user message each{at}",
         "open one WebSocket per conversation and send every user message on it; close it only at the end",
-        server_conversations=[c.key for c in convs]))
+        server_conversations=[c.key for c in convs], code=as_json(call.code),
+        opened_at={key: where(code) for key, code in opened.items() if code}))
 
 
 # --- failures and undecodable payloads ---------------------------------------------------------

@@ -26,8 +26,8 @@ Each call, as it starts (live) or in start order (offline), takes the first of t
    whose server conversations each held at most one user message and carried no history,
    when that session's last server conversation ended before this call started and at most
    ``sessiontap_session_gap`` seconds (default 600) before it, and its last connection is
-   this call's or carried no other call (a keep-alive connection that goes on belongs to a
-   conversation that goes on: concurrent look-alikes stay apart). Such a session is
+   this call's or carries no call after this one began (a keep-alive connection that goes on
+   belongs to a conversation that goes on: concurrent look-alikes stay apart). Such a session is
    ``inferred``: the client meant one conversation but opened a new one per message, and the
    rules see a reset at each new server conversation.
 6. Otherwise the call starts a session: the WebSocket's ``conversation_id`` names it
@@ -41,7 +41,7 @@ up in tables of the hashes that completed calls left behind.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from sessiontap.core.model import HTTP, USER, Call, Turn
@@ -107,17 +107,33 @@ class _SessionState:
 class SessionTracker:
     """Assigns each call a session id, its source and its evidence; feed it calls in start order."""
 
-    def __init__(self, session_gap: float = DEFAULTS.session_gap, reused: Iterable[str] = (),
-                 infer_order: bool = True) -> None:
+    def __init__(self, session_gap: float = DEFAULTS.session_gap, last_use: Mapping[str, float] | None = None,
+                 infer_order: bool = True, concurrent: Iterable[str] = ()) -> None:
         self.session_gap = session_gap
         self.infer_order = infer_order  # False: only what the wire proves (lineage, sockets, retries)
-        self.reused = frozenset(reused)  # connections that carried more than one call (known offline)
+        self.last_use = dict(last_use or {})  # connection -> when its last call started (known offline)
+        self.concurrent = frozenset(concurrent)  # clients that ever had two calls in flight at once (offline)
         self.sessions: dict[str, _SessionState] = {}
         self.by_server_conversation: dict[str, str] = {}
         self.heads: dict[int, list[str]] = {}  # hash of (context + reply) a call left -> sessions
         self.asks: dict[int, list[str]] = {}  # hash of the context a call sent -> sessions
         self.failed: dict[str, str] = {}  # request digest of a retryable failure -> its session
+        self.spans: dict[str, dict[str, list[float | None]]] = {}  # client -> call id -> [started, ended]
         self._counter = 0
+
+    def _busy(self, call: Call) -> bool:
+        """True when another call of the same client was in flight when this one started (concurrency)."""
+        for cid, (start, end) in self.spans.get(call.client, {}).items():
+            if cid != call.id and start is not None and start <= call.started and (end is None or end > call.started):
+                return True
+        return False
+
+    def _span(self, call: Call) -> None:
+        spans = self.spans.setdefault(call.client, {})
+        spans[call.id] = [call.started, call.ended]
+        if len(spans) > 256:  # keep the recent ones: only calls still in flight matter
+            for cid in [c for c, (_, end) in spans.items() if end is not None and end < call.started]:
+                del spans[cid]
 
     def _new_id(self) -> str:
         self._counter += 1
@@ -171,8 +187,9 @@ class SessionTracker:
             if end is None or end > call.started or call.started - end > self.session_gap:
                 continue
             last = s.head.connection if s.head else ""
-            if last and last != call.connection and last in self.reused:
-                continue  # its connection goes on elsewhere: that client is still in its own conversation
+            concurrent = call.client in self.concurrent or self._busy(call)
+            if last and last != call.connection and self.last_use.get(last, 0.0) > call.started and concurrent:
+                continue  # another conversation of this client is in flight and that connection goes on: it is theirs
             if best is None or end > best[0]:
                 best = (end, s.id)
         return best[1] if best else None
@@ -216,6 +233,7 @@ class SessionTracker:
         state.calls += 1
         state.last_seen = max(state.last_seen, call.started)
         state.head = call
+        self._span(call)
         conv = state.conversations.setdefault(call.server_conversation, _Conversation(call.started))
         if call.user_text is not None:
             conv.user_messages += 1
@@ -251,6 +269,7 @@ class SessionTracker:
             self.failed.pop(call.request_digest, None)
         end = call.ended if call.ended is not None else call.started
         state.last_seen = max(state.last_seen, end)
+        self._span(call)
         conv = state.conversations.get(call.server_conversation)
         if conv is not None and call.protocol == HTTP:
             conv.ended = end

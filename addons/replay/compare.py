@@ -20,7 +20,7 @@ from typing import Any
 
 from sessiontap.core.analysis import Analysis
 from sessiontap.core.model import WEBSOCKET, Call
-from sessiontap.core.rules import similarity
+from sessiontap.core.rules import INFO, similarity
 from sessiontap.replay.vary import FULL
 
 # Rules that mean the conversation did not continue (the others are about form, size or errors).
@@ -150,11 +150,14 @@ class _Index:
 
     def __init__(self, analysis: Analysis) -> None:
         self.rules: dict[str, list[str]] = defaultdict(list)
+        harmless: set[str] = set()  # calls whose only continuity finding is info (a reset after a long pause)
         for f in analysis.findings:
             for call_id in f.call_ids:
-                if f.rule not in self.rules[call_id]:
+                if f.severity == INFO and f.rule in CONTINUITY_RULES:
+                    harmless.add(call_id)
+                elif f.rule not in self.rules[call_id]:
                     self.rules[call_id].append(f.rule)
-        self.resets = {call_id for s in analysis.sessions for call_id in s.resets}
+        self.resets = {call_id for s in analysis.sessions for call_id in s.resets} - harmless
 
     def reply(self, call: Call) -> Reply:
         if call.error:
