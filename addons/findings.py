@@ -43,7 +43,8 @@ def write_findings(analysis: Analysis, out: Path) -> Path:
     """Write findings.json into ``out`` (atomically) and return its path."""
     path = out / FINDINGS_FILE
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(analysis.to_json(version()), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.write_text(json.dumps(analysis.to_json(version()), indent=2, ensure_ascii=False) + "\n", encoding="utf-8",
+                   errors="backslashreplace")  # a lone surrogate is written as its JSON escape
     tmp.replace(path)
     return path
 

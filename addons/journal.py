@@ -59,7 +59,8 @@ class Journal:
         out = Path(value)
         try:
             out.mkdir(parents=True, exist_ok=True)
-            self.lines = open(out / JOURNAL_FILE, "a", encoding="utf-8")  # noqa: SIM115 - lives until done()
+            # backslashreplace: a lone surrogate from a client's JSON is written as its JSON escape
+            self.lines = open(out / JOURNAL_FILE, "a", encoding="utf-8", errors="backslashreplace")  # noqa: SIM115
             self.capture = open(out / CAPTURE_FILE, "ab")  # noqa: SIM115 - lives until done()
         except OSError as e:
             raise exceptions.OptionsError(f"sessiontap_out: cannot write to {value!r}: {e.strerror or e}") from e

@@ -13,7 +13,7 @@ from mitmproxy.proxy import mode_specs
 
 from sessiontap.bridge.guard import guarded
 from sessiontap.bridge.options import Check, check_updated
-from sessiontap.core.protocol import SIGNED_URL_RE
+from sessiontap.core.protocol import SIGNED_URL_RE, loads
 
 DEFAULT_UPSTREAM = "https://api.elevenlabs.io"
 # Every ElevenLabs API host: the default one and the regional and residency ones.
@@ -45,7 +45,7 @@ def ws_origin(http_origin: str) -> str:
 def rewrite_signed_url(body: bytes, origin: str) -> bytes | None:
     """The get-signed-url body with its URL's origin replaced by ``origin``; None if nothing to do."""
     try:
-        obj = json.loads(body)
+        obj = loads(body)
     except ValueError:
         return None
     url = obj.get("signed_url") if isinstance(obj, dict) else None

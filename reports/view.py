@@ -21,7 +21,7 @@ from sessiontap.core.analysis import Analysis, context_size
 from sessiontap.core.code import where
 from sessiontap.core.contextdiff import ContextDiff, diff
 from sessiontap.core.model import HTTP, WEBSOCKET, Call, Finding, FlowRecord, SessionState, Turn, WsMessage
-from sessiontap.core.protocol import frame_type, parse_frame
+from sessiontap.core.protocol import frame_type, loads, parse_frame
 from sessiontap.core.rules import ERROR, INFO, RULES, WARNING, carried_context
 from sessiontap.core.settings import DEFAULTS
 from sessiontap.reports.svg import SERVER_LABEL, DiagramRow, GrowthPoint, flow_diagram, growth_chart
@@ -271,8 +271,8 @@ def pretty(raw: bytes | str | None, limit: int = BODY_LIMIT) -> tuple[str, str]:
         text = raw
     if not text:
         return "", ""
-    with contextlib.suppress(ValueError):
-        text = json.dumps(summarise_audio(json.loads(text)), indent=2, ensure_ascii=False)
+    with contextlib.suppress(ValueError, RecursionError):
+        text = json.dumps(summarise_audio(loads(text)), indent=2, ensure_ascii=False)
     return clip(text, limit)
 
 

@@ -203,6 +203,9 @@ def check(capture: Path, config: Path | None) -> None:
     except SessiontapError as e:
         click.echo(f"Error: {e}", err=True)
         raise SystemExit(2) from e
+    except Exception as e:  # noqa: BLE001 - exit 2 ("could not analyse") with one line, never a traceback or a 1
+        click.echo(f"Error: could not analyse {capture}: {type(e).__name__}: {e}", err=True)
+        raise SystemExit(2) from e
     click.echo(analysis.verdict())
     for f in analysis.findings:
         if f.severity == "error":
@@ -240,6 +243,10 @@ def report(capture: Path, config: Path | None, out: str | None, only_session: st
         raise click.ClickException(str(e)) from e
     except OSError as e:
         raise click.ClickException(f"cannot write to {target}: {e.strerror or e}") from e
+    except click.ClickException:
+        raise
+    except Exception as e:  # noqa: BLE001 - one line and exit 1, never a traceback
+        raise click.ClickException(f"could not report on {capture}: {type(e).__name__}: {e}") from e
 
 
 @main.command(context_settings=CONTEXT_SETTINGS,
@@ -265,6 +272,8 @@ def export(capture: Path, har_path: Path) -> None:
         har = export_har(cap.flows, har_path)
     except SessiontapError as e:
         raise click.ClickException(str(e)) from e
+    except Exception as e:  # noqa: BLE001 - one line and exit 1, never a traceback
+        raise click.ClickException(f"could not export {capture}: {type(e).__name__}: {e}") from e
     entries = har["log"]["entries"]
     sockets = sum(1 for e in entries if e.get("_resourceType") == "websocket")
     click.echo(f"sessiontap: {len(entries)} entries ({sockets} WebSocket) written to {har_path}", err=True)

@@ -16,7 +16,6 @@ Everything here is pure: bytes and records in, records out.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ from sessiontap.core.protocol import (
     header,
     is_audio_frame,
     json_body,
+    loads,
     new_turns,
     normalize_role,
     simulated_turns,
@@ -116,7 +116,7 @@ def embedded_context(text: str) -> tuple[list[Turn], str]:
     stripped = text.strip()
     if stripped.startswith("{"):
         try:
-            obj = json.loads(stripped)
+            obj = loads(stripped)
         except ValueError:
             return ([], "")
         turns, fmt = normalize_context(obj) if isinstance(obj, dict) else ([], "")
@@ -317,7 +317,7 @@ class WsDecoder:
                                   f"binary {'client' if msg.from_client else 'server'} frame of {msg.size} bytes"))
             return out
         try:
-            obj = json.loads(msg.text)
+            obj = loads(msg.text)
         except ValueError as e:
             out.notes.append(Note(self.flow_id, "invalid-json", f"message #{self.messages} is not JSON: {e}"))
             return out

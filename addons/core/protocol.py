@@ -9,6 +9,7 @@ shared/elevenlabs-protocol.md for the formats themselves. Pure: text and bytes i
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -37,6 +38,25 @@ def normalize_role(value: object) -> str | None:
     return _ROLE_WORDS.get(value.strip().lower())
 
 
+def loads(text: str | bytes) -> Any:
+    """``json.loads``, with JSON nested too deeply for Python a ValueError like any other bad JSON."""
+    try:
+        return json.loads(text)
+    except RecursionError as e:
+        raise ValueError("JSON nested too deeply to read") from e
+
+
+def seconds(value: object) -> float | None:
+    """A number of seconds from JSON, or None when it is not a finite number (a bool, a 400-digit integer, inf)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
 def turn_from_obj(obj: object) -> Turn | None:
     if not isinstance(obj, dict):
         return None
@@ -48,7 +68,7 @@ def turn_from_obj(obj: object) -> Turn | None:
     if role is None or text is None:
         return None
     time = obj.get("time_in_call_secs")
-    return Turn(role, text, float(time) if isinstance(time, int | float) else None)
+    return Turn(role, text, seconds(time))
 
 
 def turns_from_list(items: Iterable[object]) -> list[Turn]:
@@ -65,7 +85,7 @@ def header(headers: dict[str, str], name: str) -> str | None:
 def json_body(raw: bytes | None) -> Any:
     if not raw:
         raise ValueError("empty body")
-    return json.loads(raw.decode("utf-8"))
+    return loads(raw.decode("utf-8"))
 
 
 def _values(text: str) -> Iterator[Any]:
@@ -76,7 +96,10 @@ def _values(text: str) -> Iterator[Any]:
         while pos < len(text) and text[pos] in " ,\t\r\n":
             pos += 1
         if pos < len(text):
-            value, pos = decoder.raw_decode(text, pos)
+            try:
+                value, pos = decoder.raw_decode(text, pos)
+            except RecursionError as e:
+                raise ValueError("JSON nested too deeply to read") from e
             yield value
 
 
@@ -110,10 +133,12 @@ def json_objects(raw: bytes) -> Iterator[Any]:
     """
     text = raw.decode("utf-8")
     try:
-        yield json.loads(text)
-        return
-    except json.JSONDecodeError:
+        whole = loads(text)
+    except ValueError:
         pass
+    else:
+        yield whole
+        return
     if is_sse(text):
         for data in sse_data(text):
             if data.strip() != "[DONE]":
@@ -231,7 +256,7 @@ def parse_frame(text: str | None) -> Any:
     if text is None:
         return None
     try:
-        return json.loads(text)
+        return loads(text)
     except ValueError:
         return None
 

@@ -135,14 +135,14 @@ class Redactor:
             return raw
         try:
             obj = json.loads(text)
-        except ValueError:
+            clean = self.json(obj)
+            rewritten = None if clean == obj else json.dumps(clean, ensure_ascii=False)
+        except (ValueError, RecursionError):  # not JSON, or nested too deeply to walk: masked as text
+            rewritten = None
+        if rewritten is None:
             red = self.text(text)
-            return raw if red == text else red.encode("utf-8")
-        clean = self.json(obj)
-        if clean == obj:
-            red = self.text(text)
-            return raw if red == text else red.encode("utf-8")
-        return self.text(json.dumps(clean, ensure_ascii=False)).encode("utf-8")
+            return raw if red == text else red.encode("utf-8", "backslashreplace")
+        return self.text(rewritten).encode("utf-8", "backslashreplace")
 
 
 def _mask_match(m: re.Match[str]) -> str:

@@ -141,7 +141,8 @@ BEHAVIOUR_FILE = "behaviour.json"
 def write_behaviour_json(behaviour: Behaviour, out: Path) -> Path:
     """Write behaviour.json into ``out`` and return its path."""
     path = out / BEHAVIOUR_FILE
-    path.write_text(json.dumps(behaviour.to_json(), indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    path.write_text(json.dumps(behaviour.to_json(), indent=1, ensure_ascii=False) + "\n", encoding="utf-8",
+                    errors="backslashreplace")
     return path
 
 

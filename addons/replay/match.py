@@ -12,7 +12,7 @@ from typing import Any
 
 from sessiontap.core.decode import EXTRA_CONTEXT_FIELDS, HISTORY_FIELD, normalize_context
 from sessiontap.core.model import USER, Exchange, WsMessage
-from sessiontap.core.protocol import frame_type, turns_from_list, user_message_text
+from sessiontap.core.protocol import frame_type, loads, turns_from_list, user_message_text
 from sessiontap.core.redact import SECRET_PARAMS, Redactor
 
 # Volatile members ignored by default. A pattern without a dot names a key at any depth.
@@ -107,7 +107,7 @@ def _parse(raw: bytes) -> Any:
     if not raw:
         return NOT_JSON
     try:
-        return json.loads(raw.decode("utf-8"))
+        return loads(raw.decode("utf-8"))
     except (ValueError, UnicodeDecodeError):
         return NOT_JSON
 
