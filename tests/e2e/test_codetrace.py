@@ -35,7 +35,7 @@ def line_of(path: Path, function: str, needle: str) -> int:
     """The line number of the first line holding ``needle`` inside ``function`` of a Python file."""
     lines = path.read_text().splitlines()
     for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.FunctionDef) and node.name == function:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name == function:
             for i in range(node.lineno, (node.end_lineno or node.lineno) + 1):
                 if needle in lines[i - 1]:
                     return i
@@ -154,3 +154,44 @@ def test_the_users_own_sitecustomize_and_node_options_still_work(tmp_path, sessi
     node = subprocess.run(["node", "-e", "process.exit(0)"], capture_output=True, text=True, timeout=30,
                           env={**os.environ, "NODE_OPTIONS": run.stdout.strip(), "SESSIONTAP_CODE_TRACE": ""})
     assert node.returncode == 0, node.stderr
+
+
+ASYNC_CLIENT = '''
+import asyncio, json, os
+from websockets.asyncio.client import connect
+
+
+async def converse(text):
+    url = os.environ["ELEVENLABS_BASE_URL"].replace("http", "ws", 1) + "/v1/convai/conversation?agent_id=a"
+    async with connect(url) as ws:
+        await ws.send(json.dumps({"type": "conversation_initiation_client_data"}))
+        await ws.send(json.dumps({"type": "user_message", "text": text}))
+        for _ in range(20):
+            if json.loads(await ws.recv())["type"] == "agent_response":
+                break
+
+
+async def main():
+    for text in ("I need to classify cotton t-shirts.", "They are made in Vietnam."):
+        await asyncio.create_task(converse(text))
+
+
+asyncio.run(main())
+'''
+
+
+def test_asyncio_and_the_sdks_http_client_name_their_lines(tmp_path, sessiontap_home):
+    script = tmp_path / "async_client.py"
+    script.write_text(ASYNC_CLIENT)
+    run = recorded(tmp_path / "async", sessiontap_home, [sys.executable, str(script)], cwd=tmp_path)
+    assert run.code == 0, run.stderr
+    paths = codes(run)
+    assert len(paths) == 2
+    opened = line_of(script, "converse", "async with connect(")
+    created = line_of(script, "main", "asyncio.create_task(")
+    for path in paths:  # the socket opened in converse(), the task that runs it created in main()
+        assert ["async_client.py", opened, "converse"] in path and ["async_client.py", created, "main"] in path, path
+    sdk = recorded(tmp_path / "sdk", sessiontap_home, [sys.executable, str(MATRIX / "sdk_client.py"), "--protocol",
+                                                       "http", "--behaviour", "new-conversation"])
+    assert sdk.code == 0, sdk.stderr
+    assert all(any(f[0] == "tests/clients/matrix/sdk_client.py" for f in p) for p in codes(sdk)) and codes(sdk)
