@@ -27,6 +27,18 @@ log = logging.getLogger("sessiontap")
 JOURNAL_FILE = "journal.jsonl"
 CAPTURE_FILE = "flows.mitm"
 CONTEXT_TAIL = 4  # turns of context kept on a journal line: lines stay small in long sessions
+LINE_TEXT = 4000  # characters of any one text on a journal line (flows.mitm keeps every body whole)
+
+
+def bounded(value: Any, limit: int = LINE_TEXT) -> Any:
+    """A JSON-ready value with every text longer than ``limit`` clipped, saying how much was left out."""
+    if isinstance(value, str):
+        return value if len(value) <= limit else value[:limit] + f"… [{len(value) - limit:,} more characters]"
+    if isinstance(value, dict):
+        return {k: bounded(v, limit) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [bounded(v, limit) for v in value]
+    return value
 
 
 class Journal:
@@ -85,7 +97,7 @@ class Journal:
             return
         if flow is not None:
             self.learn(flow)
-        line = {"event": event, "time": round(time.time(), 6), **self.redactor.json(payload)}
+        line = {"event": event, "time": round(time.time(), 6), **bounded(self.redactor.json(payload))}
         text = self.redactor.text(json.dumps(line, ensure_ascii=False, default=str))
         try:
             self.lines.write(text + "\n")
@@ -99,6 +111,7 @@ class Journal:
         context = line.pop("context")
         line["context_turns"] = len(context)
         line["context_tail"] = context[-CONTEXT_TAIL:]
+        line["extra_context"] = {name: turns[-CONTEXT_TAIL:] for name, turns in line["extra_context"].items()}
         self.record("call", line, flow)
 
     def on_note(self, note: Note, flow: http.HTTPFlow) -> None:

@@ -111,7 +111,8 @@ def env_lines(mode: str, host: str, port: int, conf: Path) -> list[str]:
     return [
         "# regular mode (no change to the client):" + (" [active]" if mode == "regular" else ""),
         f"export HTTPS_PROXY=http://{host}:{port} HTTP_PROXY=http://{host}:{port}",
-        f"export SSL_CERT_FILE={bundle} REQUESTS_CA_BUNDLE={bundle} NODE_EXTRA_CA_CERTS={conf / CA_CERT}",
+        f"export SSL_CERT_FILE={bundle} REQUESTS_CA_BUNDLE={bundle} CURL_CA_BUNDLE={bundle} "
+        f"NODE_EXTRA_CA_CERTS={conf / CA_CERT}",
         "# reverse mode (point the client's base URL at the proxy):" + (" [active]" if mode == "reverse" else ""),
         f"export ELEVENLABS_BASE_URL=http://{host}:{port}",
     ]

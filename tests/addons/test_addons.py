@@ -74,3 +74,33 @@ def test_findings_mark_and_comment_the_flows_in_mitmweb():
     assert any(line.startswith("[repeated-opening] the agent answered with its opening line again")
                for line in flows[1].comment.splitlines())
     assert findings.analyzer.settings.max_context_tokens == 10  # the option reached the rules
+
+
+def test_journal_lines_stay_bounded_whatever_the_body(tmp_path):
+    from sessiontap.core.model import AGENT, HTTP, USER, Call, Turn
+
+    journal = Journal()
+    huge = "x" * 2_000_000
+    with taddons.context(journal) as tctx:
+        tctx.configure(journal, sessiontap_out=str(tmp_path))
+        flow = tflow.tflow(resp=True)
+        call = Call(id="c1", flow_id=flow.id, protocol=HTTP, endpoint="simulate", agent_id="ag", started=1.0,
+                    user_text=huge, context=[Turn(USER, huge)] * 50, reply=[Turn(AGENT, huge)],
+                    extra_context={"conversation_context": [Turn(USER, huge)] * 50})
+        journal.on_call(call, flow)
+        journal.done()
+    [line] = [x for x in (tmp_path / "journal.jsonl").read_text().splitlines() if '"event": "call"' in x]
+    assert len(line) < 100_000  # the call held over 100 MB of text: flows.mitm keeps it, the journal line does not
+    record = json.loads(line)
+    assert record["user_text"].endswith("more characters]") and record["context_turns"] == 50
+    assert len(record["extra_context"]["conversation_context"]) == 4
+
+
+def test_record_without_a_command_prints_every_ca_variable():
+    from pathlib import Path
+
+    from sessiontap.app.runner import env_lines
+
+    text = "\n".join(env_lines("regular", "127.0.0.1", 8080, Path("/conf")))
+    for name in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "NODE_EXTRA_CA_CERTS", "HTTPS_PROXY"):
+        assert f"{name}=" in text
