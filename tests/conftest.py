@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -20,6 +21,19 @@ from sessiontap.simulator.server import Simulator, running_simulator
 ROOT = Path(__file__).resolve().parent.parent
 SESSIONTAP = str(Path(sys.executable).parent / "sessiontap")
 CLIENTS = Path(__file__).resolve().parent / "clients"
+NODE_CLIENTS = CLIENTS / "node"  # elevenlabs-js and @elevenlabs/client, pinned by package-lock.json
+
+
+def ensure_node_clients() -> str | None:
+    """Install the Node clients' packages (npm ci) when they are missing; say why they cannot be used, or None."""
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        return "node and npm are needed for the Node clients (apt-get install nodejs npm; .ci/run does)"
+    if not (NODE_CLIENTS / "node_modules").is_dir():
+        proc = subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=NODE_CLIENTS,
+                              capture_output=True, text=True, timeout=300)
+        if proc.returncode:
+            return f"npm ci in {NODE_CLIENTS} failed: {proc.stderr.strip()[-500:]}"
+    return None
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from sessiontap.app.capture import analyse_capture
-from tests.conftest import ROOT, SESSIONTAP, Run, clean_env
+from tests.conftest import ROOT, SESSIONTAP, Run, clean_env, ensure_node_clients
 
 MATRIX = ROOT / "tests" / "clients" / "matrix"
 NODE = ROOT / "tests" / "clients" / "node"
@@ -121,8 +121,9 @@ def test_the_official_sdk_socket_thread_still_names_the_users_line(tmp_path, ses
 
 
 def test_a_node_client_names_its_own_line(tmp_path, sessiontap_home):
-    if not (NODE / "node_modules").is_dir():
-        pytest.fail("npm ci in tests/clients/node first (.ci/run does)")
+    why = ensure_node_clients()
+    if why:
+        pytest.fail(why)
     run = recorded(tmp_path, sessiontap_home, ["node", str(NODE / "js_ws.mjs"), "--behaviour", "socket-per-message"])
     assert run.code == 0, run.stderr
     paths = codes(run)

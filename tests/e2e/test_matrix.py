@@ -26,7 +26,7 @@ from click.testing import CliRunner
 from sessiontap.app.capture import analyse_capture
 from sessiontap.app.cli import main as cli
 from sessiontap.simulator.server import Faults, running_simulator
-from tests.conftest import SESSIONTAP, clean_env
+from tests.conftest import SESSIONTAP, clean_env, ensure_node_clients
 
 pytestmark = pytest.mark.timeout(900)  # the first row waits for the whole matrix to be recorded
 MATRIX = Path(__file__).resolve().parent.parent / "clients" / "matrix"
@@ -220,11 +220,12 @@ def record(row: Row, base: Path, home: Path) -> Recorded:
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory: pytest.TempPathFactory, sessiontap_home: Path) -> dict[str, Recorded]:
     """Every row recorded, three at a time (each its own simulator and proxy process)."""
-    missing = [tool for tool in ("curl", "jq", "node") if shutil.which(tool) is None]
-    if not (NODE / "node_modules").is_dir():
-        missing.append("tests/clients/node/node_modules (npm ci there)")
+    missing = [tool for tool in ("curl", "jq") if shutil.which(tool) is None]
     if missing:
         pytest.fail(f"the curl row needs {' and '.join(missing)} (apt-get install {' '.join(missing)}; .ci/run does)")
+    why = ensure_node_clients()
+    if why:
+        pytest.fail(why)
     base = tmp_path_factory.mktemp("matrix")
     with ThreadPoolExecutor(max_workers=3) as pool:
         runs = dict(zip([r.name for r in ROWS], pool.map(lambda r: record(r, base, sessiontap_home), ROWS),
