@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, ClassVar, Protocol
+from typing import IO, Any, ClassVar, Protocol
 
 from mitmproxy import ctx, http
 from mitmproxy.addonmanager import Loader
@@ -47,7 +47,7 @@ class SessionTagger:
         self.sockets: dict[str, WsDecoder] = {}
         self.listeners: list[Listener] = list(listeners or [])  # in order: findings, then the journal
         self.code = CodeTrace()
-        self.trace_offset = 0
+        self.trace: IO[bytes] | None = None
 
     def load(self, loader: Loader) -> None:
         loader.add_option(
@@ -110,17 +110,26 @@ class SessionTagger:
         path = ctx.options.sessiontap_code_trace
         if not path:
             return []
-        try:
-            with open(path, "rb") as f:
-                f.seek(self.trace_offset)
-                data = f.read()
-        except OSError:
-            return []
+        if self.trace is None or self.trace.name != path:  # opened once; new lines are read as they come
+            self._close_trace()
+            try:
+                self.trace = open(path, "rb")  # noqa: SIM115 - kept open until done()
+            except OSError:
+                return []
+        data = self.trace.read()
         end = data.rfind(b"\n") + 1  # whole lines only; a line being written is read next time
-        self.trace_offset += end
+        self.trace.seek(end - len(data), 1)
         self.code.feed(data[:end].decode("utf-8", "replace").splitlines())
         peer = flow.client_conn.peername
         return self.code.code_for(peer[1] if peer else None, flow.request.timestamp_start)
+
+    def _close_trace(self) -> None:
+        if self.trace is not None:
+            self.trace.close()
+            self.trace = None
+
+    def done(self) -> None:
+        self._close_trace()
 
     def _options(self) -> tuple[str, str]:
         return ctx.options.sessiontap_session_header, ctx.options.sessiontap_session_field
