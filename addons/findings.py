@@ -14,6 +14,7 @@ from sessiontap.bridge.guard import guarded
 from sessiontap.bridge.options import Check, check_updated, sessiontap_values
 from sessiontap.core.analysis import Analysis, Analyzer
 from sessiontap.core.model import Call, Closing, Finding, Note
+from sessiontap.core.redact import Redactor
 from sessiontap.core.rules import ERROR
 from sessiontap.core.settings import (
     DEFAULTS,
@@ -39,11 +40,16 @@ def version() -> str:
         return "0+unknown"
 
 
-def write_findings(analysis: Analysis, out: Path) -> Path:
-    """Write findings.json into ``out`` (atomically) and return its path."""
+def write_findings(analysis: Analysis, out: Path, redactor: Redactor | None = None) -> Path:
+    """Write findings.json into ``out`` (atomically) and return its path.
+
+    ``redactor`` is the one that saw the traffic: every secret it learned (a ``secret__`` value
+    quoted in a message, a token) is masked wherever the analysis repeats it.
+    """
     path = out / FINDINGS_FILE
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(analysis.to_json(version()), indent=2, ensure_ascii=False) + "\n", encoding="utf-8",
+    text = json.dumps(analysis.to_json(version()), indent=2, ensure_ascii=False) + "\n"
+    tmp.write_text(redactor.text(text) if redactor else text, encoding="utf-8",
                    errors="backslashreplace")  # a lone surrogate is written as its JSON escape
     tmp.replace(path)
     return path
@@ -63,10 +69,11 @@ class Findings:
         "sessiontap_opening_similarity": check_opening_similarity,
     }
 
-    def __init__(self, journal: Recorder | None = None) -> None:
+    def __init__(self, journal: Recorder | None = None, redactor: Redactor | None = None) -> None:
         self.analyzer = Analyzer()
         self.analysis: Analysis | None = None
         self.journal = journal
+        self.redactor = redactor or Redactor()  # the journal's: masks what flow comments and findings.json repeat
 
     def load(self, loader: Loader) -> None:
         loader.add_option("sessiontap_max_context_tokens", int, DEFAULTS.max_context_tokens,
@@ -84,7 +91,8 @@ class Findings:
                 self.journal.record("finding", f.to_json())
             if flow.id in f.flow_ids and (not flow.marked or f.severity == ERROR):
                 flow.marked = MARKS.get(f.severity, ":warning:")
-                flow.comment = "\n".join(x for x in (flow.comment, f"[{f.rule}] {f.message}") if x)
+                note = self.redactor.text(f"[{f.rule}] {f.message}")
+                flow.comment = "\n".join(x for x in (flow.comment, note) if x)
         if found:
             ctx.master.addons.trigger(hooks.UpdateHook([flow]))
 
@@ -109,6 +117,6 @@ class Findings:
         out = getattr(ctx.options, "sessiontap_out", "")
         if out:
             try:
-                write_findings(self.analysis, Path(out))
+                write_findings(self.analysis, Path(out), self.redactor)
             except OSError as e:
                 log.error("sessiontap: could not write %s: %s", FINDINGS_FILE, e.strerror or e)

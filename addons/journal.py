@@ -20,7 +20,7 @@ from mitmproxy.addonmanager import Loader
 from sessiontap.bridge import adapt
 from sessiontap.bridge.guard import guarded
 from sessiontap.core.model import Call, Closing, Note
-from sessiontap.core.redact import Redactor
+from sessiontap.core.redact import SECRET_PREFIX, Redactor
 
 log = logging.getLogger("sessiontap")
 
@@ -41,6 +41,12 @@ def bounded(value: Any, limit: int = LINE_TEXT) -> Any:
     return value
 
 
+def _learn_secret_variables(redactor: Redactor, raw: bytes | None) -> None:
+    """Teach the redactor the ``secret__`` values of a JSON body (cheap: most bodies have none)."""
+    if raw and SECRET_PREFIX.encode() in raw:
+        redactor.body(raw)
+
+
 class Journal:
     """Appends one redacted JSON line per event and one redacted flow per completed flow."""
 
@@ -51,6 +57,7 @@ class Journal:
         self.capture: IO[bytes] | None = None
         self.writer: io.FlowWriter | None = None
         self.open_sockets: dict[str, http.HTTPFlow] = {}
+        self.learned: dict[str, int] = {}  # flow id -> WebSocket messages whose secrets the redactor knows
         self.failed: str | None = None
         self.closed = False
 
@@ -87,9 +94,23 @@ class Journal:
             log.error("sessiontap: %s; recording stopped, traffic still flows", self.failed)
 
     def learn(self, flow: http.HTTPFlow) -> None:
-        """Let the redactor see the flow's secrets (headers, query) before anything about it is written."""
+        """Let the redactor see the flow's secrets before anything about it is written.
+
+        Headers and query every time; ``secret__`` variables from the request body and from each
+        WebSocket message not seen yet, so that a value is masked wherever it shows up next (an
+        agent reply quoting it, a later call's context), not only once the socket has ended.
+        """
         self.redactor.headers_(adapt.request_headers(flow))
         self.redactor.url(flow.request.url)
+        if flow.id not in self.learned:
+            self.learned[flow.id] = 0
+            _learn_secret_variables(self.redactor, flow.request.raw_content)
+        if flow.websocket is not None:
+            messages = flow.websocket.messages
+            for m in messages[self.learned[flow.id]:]:
+                if m.from_client and m.is_text:
+                    _learn_secret_variables(self.redactor, m.content)
+            self.learned[flow.id] = len(messages)
 
     def record(self, event: str, payload: dict[str, Any], flow: http.HTTPFlow | None = None) -> None:
         """Append one journal line ``{"event": ..., "time": ..., **payload}``, redacted and flushed."""
@@ -141,18 +162,26 @@ class Journal:
     def response(self, flow: http.HTTPFlow) -> None:
         if flow.websocket is None:
             self._save(flow)
+            self.learned.pop(flow.id, None)
         else:
+            self.learn(flow)
             self.open_sockets[flow.id] = flow
+
+    @guarded
+    def websocket_message(self, flow: http.HTTPFlow) -> None:
+        self.learn(flow)
 
     @guarded
     def error(self, flow: http.HTTPFlow) -> None:
         if flow.websocket is None:
             self._save(flow)
+            self.learned.pop(flow.id, None)
 
     @guarded
     def websocket_end(self, flow: http.HTTPFlow) -> None:
         if self.open_sockets.pop(flow.id, None) is not None:
             self._save(flow)
+        self.learned.pop(flow.id, None)
 
     def done(self) -> None:
         # mitmproxy calls done() before the open sockets' websocket_end: save them as they are now.

@@ -31,12 +31,6 @@ def parse_upstream(value: str) -> tuple[str, str, int]:
     return parts.scheme, parts.hostname, port
 
 
-def check_port(value: int) -> None:
-    """Raise ValueError unless the value is a port number (0 picks a free one)."""
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
-        raise ValueError(f"must be a port number 0-65535 (got {value!r})")
-
-
 def ws_origin(http_origin: str) -> str:
     """The WebSocket origin matching an HTTP origin (http→ws, https→wss)."""
     return "ws" + http_origin[4:] if http_origin.startswith("http") else http_origin
@@ -63,7 +57,7 @@ def rewrite_signed_url(body: bytes, origin: str) -> bytes | None:
 class Router:
     """Sends ElevenLabs traffic to ``sessiontap_upstream`` and keeps signed WebSockets on the proxy."""
 
-    CHECKS: ClassVar[dict[str, Check]] = {"sessiontap_listen_port": check_port, "sessiontap_upstream": parse_upstream}
+    CHECKS: ClassVar[dict[str, Check]] = {"sessiontap_upstream": parse_upstream}
 
     def __init__(self) -> None:
         self.upstream: tuple[str, str, int] = parse_upstream(DEFAULT_UPSTREAM)
@@ -76,8 +70,6 @@ class Router:
             "client) or 'reverse' (the client's base URL points at the proxy).",
             choices=MODES,
         )
-        loader.add_option("sessiontap_listen_host", str, "127.0.0.1", "Address the proxy listens on.")
-        loader.add_option("sessiontap_listen_port", int, 0, "Port the proxy listens on (0: a free port).")
         loader.add_option(
             "sessiontap_upstream", str, DEFAULT_UPSTREAM,
             "Where ElevenLabs traffic goes (the simulator's URL to run offline). In regular mode "

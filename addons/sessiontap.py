@@ -5,7 +5,8 @@ Usage, from a synced checkout: ``mitmdump -s addons/sessiontap.py --mode reverse
 ``mitmdump -s "$(sessiontap addon-path)" ...``.
 
 The addons are wired here, by reference: the tagger hands each decoded call, note and socket
-end to the findings and then to the journal; the findings write their findings to the journal.
+end to the findings and then to the journal; the findings write their findings to the journal; the
+scrubber masks secrets in the live flows with what the journal's redactor has learned.
 """
 
 from __future__ import annotations
@@ -21,9 +22,12 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 
 try:
     from sessiontap.audio import AudioSummary
+    from sessiontap.endings import AbnormalEndings
+    from sessiontap.exposure import Exposure
     from sessiontap.findings import Findings
     from sessiontap.journal import Journal
     from sessiontap.router import Router
+    from sessiontap.scrub import Scrubber
     from sessiontap.tagger import SessionTagger
 except ModuleNotFoundError as e:  # pragma: no cover - only without an install
     raise ImportError(
@@ -36,16 +40,23 @@ class Chain:
     """sessiontap's addons, wired to each other, in the order mitmproxy must call them."""
 
     def __init__(self) -> None:
+        self.exposure = Exposure()
         self.router = Router()
         self.journal = Journal()
-        self.findings = Findings(self.journal)
+        self.findings = Findings(self.journal, self.journal.redactor)
         self.tagger = SessionTagger(listeners=[self.findings, self.journal])
         self.audio = AudioSummary()
+        self.endings = AbnormalEndings()  # after the journal, which records the upstream's own error
+        self.scrubber = Scrubber(self.journal.redactor)  # last: the others see flows as sent
 
     @property
     def addons(self) -> list[object]:
-        """The addons in hook order: routing, tagging, audio, findings, journal (before mitmproxy's own)."""
-        return [self.router, self.tagger, self.audio, self.findings, self.journal]
+        """In hook order: exposure, routing, tagging, audio, findings, journal, endings, scrubbing.
+
+        All of them before mitmproxy's own (its dumper and its save see what the scrubber left).
+        """
+        return [self.exposure, self.router, self.tagger, self.audio, self.findings, self.journal, self.endings,
+                self.scrubber]
 
 
 def chain() -> Chain:

@@ -13,6 +13,7 @@ from markupsafe import Markup
 
 from sessiontap.core.analysis import Analysis
 from sessiontap.core.model import FlowRecord
+from sessiontap.core.redact import Redactor
 from sessiontap.replay.compare import ORIGINAL, Behaviour
 from sessiontap.replay.vary import MEANINGS
 from sessiontap.reports.view import Meta, ReportView, build_report, detail_session
@@ -87,10 +88,13 @@ def render(analysis: Analysis, records: Mapping[str, FlowRecord], meta: Meta, on
 
 
 def write_report(analysis: Analysis, records: Mapping[str, FlowRecord], meta: Meta, out: Path,
-                 only_session: str | None = None) -> Path:
-    """Write report.html into ``out`` (pure ASCII, atomically) and return its path."""
+                 only_session: str | None = None, redactor: Redactor | None = None) -> Path:
+    """Write report.html into ``out`` (pure ASCII, atomically) and return its path.
+
+    ``redactor``, when given, masks every secret it has learned wherever the page shows it.
+    """
     page, _ = render(analysis, records, meta, only_session)
-    return write_page(page, out / REPORT_FILE)
+    return write_page(redactor.text(page) if redactor else page, out / REPORT_FILE)
 
 
 def write_page(page: str, path: Path) -> Path:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
@@ -18,8 +20,7 @@ from sessiontap.core.errors import CaptureError
 from sessiontap.core.model import Call, Closing, FlowRecord, Note
 from sessiontap.core.redact import Redactor
 from sessiontap.core.settings import DEFAULTS, Settings
-
-CAPTURE_FILE = "flows.mitm"
+from sessiontap.journal import CAPTURE_FILE, JOURNAL_FILE
 
 
 @dataclass(slots=True)
@@ -57,8 +58,9 @@ def read_capture(path: Path) -> Capture:
     return out
 
 
-def analyse_flows(flows: list[http.HTTPFlow], settings: Settings = DEFAULTS) -> Analysis:
-    """The analysis of recorded flows (the offline twin of the live addons)."""
+def analyse_flows(flows: list[http.HTTPFlow], settings: Settings = DEFAULTS,
+                  recovered: Sequence[Call] = ()) -> Analysis:
+    """The analysis of recorded flows (the offline twin of the live addons), with calls recovered elsewhere."""
     session_header, session_field = settings.session_header, settings.session_field
     calls: list[Call] = []
     notes: list[Note] = []
@@ -79,13 +81,48 @@ def analyse_flows(flows: list[http.HTTPFlow], settings: Settings = DEFAULTS) -> 
         calls += found.calls
         notes += found.notes
         first.update(found.first_messages)
+    calls += recovered
     return analyse(calls, notes, first, closings, settings)
 
 
+def journaled_calls(journal: Path, missing_from: Iterable[http.HTTPFlow] = ()) -> list[Call]:
+    """The calls of a journal.jsonl whose flows are not among ``missing_from`` (none if it is absent).
+
+    A recording killed before it saved a flow (a WebSocket still open, a response just in) has
+    journaled its turns all the same: each line was flushed as the turn completed. Lines that do
+    not parse (a torn last line) are skipped.
+    """
+    saved = {f.id for f in missing_from}
+    out: list[Call] = []
+    try:
+        lines = journal.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        try:
+            entry = json.loads(line)
+            if not isinstance(entry, dict) or entry.get("event") != "call" or entry.get("flow_id") in saved:
+                continue
+            out.append(Call.from_json(entry))
+        except (ValueError, TypeError, KeyError):
+            continue
+    return out
+
+
 def analyse_capture(path: Path, settings: Settings = DEFAULTS) -> tuple[Analysis, Capture]:
-    """Read and analyse a capture; the Capture keeps the flows and any warning about a torn tail."""
+    """Read and analyse a capture; the Capture keeps the flows and any warning about a torn tail.
+
+    For a record output directory, turns the journal holds but flows.mitm lacks are recovered
+    from the journal (and the warning says how many).
+    """
     cap = read_capture(path)
-    return analyse_flows(cap.flows, settings), cap
+    recovered = journaled_calls(path / JOURNAL_FILE, cap.flows) if path.is_dir() else []
+    if recovered:
+        flows = len({c.flow_id for c in recovered})
+        note = (f"{len(recovered)} calls of {flows} flows were recovered from {JOURNAL_FILE}: {CAPTURE_FILE} lacks "
+                "them (the recording ended before it could save them); their wire details are not in the report")
+        cap.warning = f"{cap.warning}; {note}" if cap.warning else note
+    return analyse_flows(cap.flows, settings, recovered), cap
 
 
 def default_out(kind: str = "") -> Path:
@@ -94,15 +131,20 @@ def default_out(kind: str = "") -> Path:
 
 
 def write_report(analysis: Analysis, capture: Path, out: Path, settings: Settings = DEFAULTS,
-                 only_session: str | None = None, cap: Capture | None = None) -> Path:
-    """Write report.html for an analysis, its wire details from the capture (read unless given); return its path."""
+                 only_session: str | None = None, cap: Capture | None = None, redactor: Redactor | None = None) -> Path:
+    """Write report.html for an analysis, its wire details from the capture (read unless given); return its path.
+
+    ``redactor`` (a fresh one unless given) learns every secret of the capture on the way, and
+    masks them wherever the page repeats them: pass the same one on to ``write_findings``.
+    """
     from sessiontap.findings import version
     from sessiontap.reports.html import write_report as render_report
     from sessiontap.reports.view import Meta
 
-    records = flow_records((cap or read_capture(capture)).flows)
+    red = redactor if redactor is not None else Redactor()
+    records = flow_records((cap or read_capture(capture)).flows, red)
     meta = Meta(str(capture), version(), max_context_tokens=settings.max_context_tokens)
-    return render_report(analysis, records, meta, out, only_session)
+    return render_report(analysis, records, meta, out, only_session, red)
 
 
 def flow_records(flows: list[http.HTTPFlow], redactor: Redactor | None = None) -> dict[str, FlowRecord]:

@@ -11,6 +11,7 @@ import click
 from sessiontap.app.capture import default_out
 from sessiontap.app.config import analysis_settings, settings_from
 from sessiontap.core.errors import SessiontapError
+from sessiontap.core.redact import Redactor
 
 if TYPE_CHECKING:
     from sessiontap.app.capture import Capture
@@ -49,12 +50,15 @@ def main() -> None:
               help="Where ElevenLabs traffic goes [default: https://api.elevenlabs.io].")
 @click.option("--listen-host", metavar="HOST", help="Address to listen on [default: 127.0.0.1].")
 @click.option("--listen-port", type=int, metavar="PORT", help="Port to listen on [default: a free port].")
+@click.option("--expose", is_flag=True, default=None,
+              help="Allow a --listen-host beyond this machine; turns on proxy authentication (regular mode).")
 @click.option("--out", metavar="DIR", help="Output directory [default: sessiontap-out/<time>].")
 @click.option("--no-code-trace", is_flag=True,
               help="Do not note where in the client's code (Python, Node) each connection and request came from.")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def record(config: Path | None, mode: str | None, upstream: str | None, listen_host: str | None,
-           listen_port: int | None, out: str | None, no_code_trace: bool, command: tuple[str, ...]) -> None:
+           listen_port: int | None, expose: bool | None, out: str | None, no_code_trace: bool,
+           command: tuple[str, ...]) -> None:
     """Record a client's ElevenLabs traffic, tagged by session.
 
     With a command after `--`, run it with the proxy already set in its environment, stop
@@ -67,7 +71,7 @@ def record(config: Path | None, mode: str | None, upstream: str | None, listen_h
         settings = settings_from(config, {
             "sessiontap_mode": mode, "sessiontap_upstream": upstream,
             "sessiontap_listen_host": listen_host, "sessiontap_listen_port": listen_port,
-            "sessiontap_out": out,
+            "sessiontap_expose": expose, "sessiontap_out": out,
         })
         settings.setdefault("sessiontap_out", str(default_out()))
         result = run_record(settings, list(command), announce=say, code_trace=not no_code_trace)
@@ -144,11 +148,12 @@ def addon_path() -> None:
 
 
 def _write_report(analysis: Analysis, capture: Path, out: Path, settings: Settings,
-                  only_session: str | None = None, cap: Capture | None = None) -> None:
+                  only_session: str | None = None, cap: Capture | None = None,
+                  redactor: Redactor | None = None) -> None:
     """Write report.html and print where."""
     from sessiontap.app.capture import write_report
 
-    path = write_report(analysis, capture, out, settings, only_session, cap)
+    path = write_report(analysis, capture, out, settings, only_session, cap, redactor)
     say(f"sessiontap: report written to {path}")
     say(f"sessiontap: open {path.resolve().as_uri()}")
 
@@ -161,7 +166,8 @@ def _finish(result: RecordResult, settings: dict[str, Any]) -> None:
     say(f"sessiontap: written to {result.out}")
     if result.analysis is not None and result.out:
         try:
-            _write_report(result.analysis, Path(result.out), Path(result.out), Settings.from_options(settings))
+            _write_report(result.analysis, Path(result.out), Path(result.out), Settings.from_options(settings),
+                          redactor=result.redactor)
         except (SessiontapError, OSError) as e:
             say(f"sessiontap: error: could not write the report: {e}")
             result.exit_code = result.exit_code or 1
@@ -198,8 +204,12 @@ def check(capture: Path, config: Path | None) -> None:
 
     CAPTURE is a flow file (flows.mitm, or any mitmdump capture) or a record output directory.
     """
+    from sessiontap.app.capture import flow_records
+
     try:
-        analysis, _, _ = _analyse(capture, config)
+        analysis, cap, _ = _analyse(capture, config)
+        redactor = Redactor()
+        flow_records(cap.flows, redactor)  # learns the capture's secrets, to mask any a message quotes
     except SessiontapError as e:
         click.echo(f"Error: {e}", err=True)
         raise SystemExit(2) from e
@@ -209,7 +219,7 @@ def check(capture: Path, config: Path | None) -> None:
     click.echo(analysis.verdict())
     for f in analysis.findings:
         if f.severity == "error":
-            click.echo(f"  {f.severity}: [{f.rule}] {f.session}: {f.message}")
+            click.echo(redactor.text(f"  {f.severity}: [{f.rule}] {f.session}: {f.message}"))
     raise SystemExit(analysis.check_code)
 
 
@@ -235,10 +245,10 @@ def report(capture: Path, config: Path | None, out: str | None, only_session: st
             raise click.BadParameter(f"no session {only_session!r} in {capture} (sessions: {known})",
                                      param_hint="--session")
         target.mkdir(parents=True, exist_ok=True)
-        path = write_findings(analysis, target)
         say(f"sessiontap: {analysis.verdict()}")
-        say(f"sessiontap: findings written to {path}")
-        _write_report(analysis, capture, target, settings, only_session, cap)
+        redactor = Redactor()  # learns the capture's secrets while the report reads it, then masks findings.json
+        _write_report(analysis, capture, target, settings, only_session, cap, redactor)
+        say(f"sessiontap: findings written to {write_findings(analysis, target, redactor)}")
     except SessiontapError as e:
         raise click.ClickException(str(e)) from e
     except OSError as e:
@@ -411,7 +421,7 @@ def _client_replay(capture: Path, config: Path | None, out: str | None, to_url: 
             code = max(code, 1)
             continue
         say(f"sessiontap: {run.variant}: {run.analysis.verdict()}")
-        _write_report(run.analysis, run.out, run.out, Settings.from_options(settings))
+        _write_report(run.analysis, run.out, run.out, Settings.from_options(settings), redactor=run.result.redactor)
     path = write_behaviour_json(behaviour, target)
     say("sessiontap: does the conversation continue? (* = changed from the original)")
     for line in behaviour.table():

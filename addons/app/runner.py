@@ -6,12 +6,14 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import shlex
 import signal
 import socket
 import sys
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +23,10 @@ from mitmproxy.addons import default_addons
 from mitmproxy.master import Master
 
 from sessiontap.core.analysis import Analysis
-from sessiontap.core.code import CODE_FILE
+from sessiontap.core.code import CODE_FILE, Lookup, around_proxy, lookups, where
 from sessiontap.core.errors import SessiontapError
 from sessiontap.core.redact import Redactor
+from sessiontap.exposure import AUTH_USER, LOOPBACK, exposure_problem, proxy_url
 from sessiontap.router import DEFAULT_UPSTREAM, ELEVENLABS_HOSTS, parse_upstream
 from sessiontap.sessiontap import chain
 
@@ -50,6 +53,8 @@ class RecordResult:
     journal_error: str | None = None
     verdict: str = ""
     analysis: Analysis | None = None
+    redactor: Redactor | None = None  # the one that saw the traffic: knows every secret to mask in what is written
+    warnings: list[str] = field(default_factory=list)  # traffic around the proxy, how to route it (printed)
 
 
 def check_upstream(url: str, timeout: float = 3.0) -> None:
@@ -71,14 +76,27 @@ def ca_bundle(conf: Path) -> Path:
     return bundle
 
 
-def child_env(mode: str, host: str, port: int, conf: Path, base: dict[str, str]) -> dict[str, str]:
-    """The client's environment: proxy and CA variables (regular) or the base URL (reverse)."""
+CODE_TRACE_DIR = Path(__file__).resolve().parent / "codetrace"  # sitecustomize.py, preload.cjs and proxy.cjs
+
+
+def node_require(script: Path, node_options: str) -> str:
+    """NODE_OPTIONS with ``--require script`` first (quoted as Node reads it), the user's own options after."""
+    quoted = '"' + str(script).replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return " ".join(p for p in (f"--require {quoted}", node_options) if p)
+
+
+def child_env(mode: str, host: str, port: int, conf: Path, base: dict[str, str],
+              auth: str | None = None) -> dict[str, str]:
+    """The client's environment: proxy and CA variables (regular) or the base URL (reverse).
+
+    In regular mode Node also gets proxy.cjs: Node's fetch, https and ws ignore HTTPS_PROXY by themselves.
+    """
     env = dict(base)
     if mode == "reverse":
         env["ELEVENLABS_BASE_URL"] = f"http://{host}:{port}"
         env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
         return env
-    proxy = f"http://{host}:{port}"
+    proxy = proxy_url(host, port, auth)
     for name in ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"):
         env[name] = proxy
     for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
@@ -86,10 +104,8 @@ def child_env(mode: str, host: str, port: int, conf: Path, base: dict[str, str])
     bundle = str(ca_bundle(conf))
     env.update(SSL_CERT_FILE=bundle, REQUESTS_CA_BUNDLE=bundle, CURL_CA_BUNDLE=bundle,
                NODE_EXTRA_CA_CERTS=str(conf / CA_CERT))
+    env["NODE_OPTIONS"] = node_require(CODE_TRACE_DIR / "proxy.cjs", env.get("NODE_OPTIONS", ""))
     return env
-
-
-CODE_TRACE_DIR = Path(__file__).resolve().parent / "codetrace"  # sitecustomize.py and preload.cjs
 
 
 def traced_env(env: dict[str, str], trace: Path) -> dict[str, str]:
@@ -100,17 +116,17 @@ def traced_env(env: dict[str, str], trace: Path) -> dict[str, str]:
     out = dict(env)
     out["SESSIONTAP_CODE_TRACE"] = str(trace)
     out["PYTHONPATH"] = os.pathsep.join(p for p in (str(CODE_TRACE_DIR), env.get("PYTHONPATH", "")) if p)
-    preload = f'--require "{CODE_TRACE_DIR / "preload.cjs"}"'
-    out["NODE_OPTIONS"] = " ".join(p for p in (preload, env.get("NODE_OPTIONS", "")) if p)
+    out["NODE_OPTIONS"] = node_require(CODE_TRACE_DIR / "preload.cjs", env.get("NODE_OPTIONS", ""))
     return out
 
 
-def env_lines(mode: str, host: str, port: int, conf: Path) -> list[str]:
+def env_lines(mode: str, host: str, port: int, conf: Path, auth: str | None = None) -> list[str]:
     """The shell lines a user copies to point a client at a running proxy, for both modes."""
     bundle = conf / BUNDLE
+    proxy = proxy_url(host, port, auth)
     return [
         "# regular mode (no change to the client):" + (" [active]" if mode == "regular" else ""),
-        f"export HTTPS_PROXY=http://{host}:{port} HTTP_PROXY=http://{host}:{port}",
+        f"export HTTPS_PROXY={proxy} HTTP_PROXY={proxy}",
         f"export SSL_CERT_FILE={bundle} REQUESTS_CA_BUNDLE={bundle} CURL_CA_BUNDLE={bundle} "
         f"NODE_EXTRA_CA_CERTS={conf / CA_CERT}",
         "# reverse mode (point the client's base URL at the proxy):" + (" [active]" if mode == "reverse" else ""),
@@ -126,6 +142,55 @@ class _Ready:
 
     def running(self) -> None:
         self.event.set()
+
+
+class _Seen:
+    """Counts the flows that reached the proxy (in regular mode only ElevenLabs hosts become flows)."""
+
+    def __init__(self) -> None:
+        self.flows = 0
+
+    def requestheaders(self, flow: object) -> None:
+        self.flows += 1
+
+
+HOW_TO_ROUTE = {
+    "regular": "to record it, the client must use HTTPS_PROXY: check NO_PROXY, and a client made with "
+               "trust_env=False (requests, httpx, aiohttp) or proxy=None (httpx)",
+    "reverse": "to record it, the client must take its base URL from ELEVENLABS_BASE_URL (or point it at the proxy)",
+}
+
+
+def bypass_warnings(mode: str, flows: int, found: list[Lookup]) -> list[str]:
+    """What to say when a `record -- CMD` run's traffic went around the proxy, unrecorded (nothing: all went through).
+
+    ``flows`` is how many flows reached the proxy; ``found``, the ElevenLabs hosts the client looked up
+    itself (from the code trace), which a client going through the proxy never does. The warnings, then
+    how to route the client.
+    """
+    out = []
+    if not flows:
+        out.append("warning: no call went through the proxy, so nothing was recorded (if the command talked "
+                   "to ElevenLabs, it went around sessiontap)")
+    for host, count, frames in around_proxy(found):
+        times = "once" if count == 1 else f"{count} times"
+        at = f", first at {where(frames)}" if frames else ""
+        out.append(f"warning: the client looked up {host} itself {times}{at}: it went to ElevenLabs around "
+                   "the proxy and that traffic was not recorded")
+    if out:
+        out.append(HOW_TO_ROUTE.get(mode, HOW_TO_ROUTE["regular"]))
+    return out
+
+
+def _trace_lookups(trace: Path | None, since: float) -> list[Lookup]:
+    """The ElevenLabs hosts the client looked up itself during this run, from its code trace (none without)."""
+    if trace is None:
+        return []
+    try:
+        with open(trace, encoding="utf-8", errors="replace") as f:
+            return lookups(f, since)
+    except OSError:
+        return []
 
 
 class _RedactingHandler(logging.Handler):
@@ -159,7 +224,7 @@ def mitm_options(settings: dict[str, Any], conf: Path) -> dict[str, Any]:
     mode = settings.get("sessiontap_mode", "regular")
     upstream = settings.get("sessiontap_upstream", DEFAULT_UPSTREAM)
     opts: dict[str, Any] = {
-        "listen_host": settings.get("sessiontap_listen_host", "127.0.0.1"),
+        "listen_host": settings.get("sessiontap_listen_host", LOOPBACK),
         "listen_port": settings.get("sessiontap_listen_port", 0),
         "mode": [f"reverse:{upstream}" if mode == "reverse" else "regular"],
         "connection_strategy": "lazy",
@@ -167,6 +232,8 @@ def mitm_options(settings: dict[str, Any], conf: Path) -> dict[str, Any]:
     }
     if mode == "regular":
         opts["allow_hosts"] = [ELEVENLABS_HOSTS]
+    if settings.get("sessiontap_expose"):
+        opts["proxyauth"] = f"{AUTH_USER}:{secrets.token_urlsafe(12)}"  # clients get it in HTTPS_PROXY
     return opts
 
 
@@ -192,7 +259,8 @@ async def record(settings: dict[str, Any], command: list[str],
     master = Master(opts)
     ours = chain()
     ready = _Ready()
-    master.addons.add(ready, *ours.addons, *default_addons())
+    seen = _Seen()
+    master.addons.add(ready, seen, *ours.addons, *default_addons())
     if command and not settings.get("sessiontap_client"):
         settings = {**settings, "sessiontap_client": "run: " + shlex.join(command)[:120]}  # the run is the client
     trace = Path(settings["sessiontap_out"]) / CODE_FILE if command and code_trace and settings.get("sessiontap_out") \
@@ -223,8 +291,9 @@ async def record(settings: dict[str, Any], command: list[str],
         mode = settings.get("sessiontap_mode", "regular")
         out = settings.get("sessiontap_out", "")
         code = 0
+        started = time.time()  # the code trace may hold earlier runs' lines: only this run's count
         if command:
-            env = child_env(mode, host, port, conf, dict(os.environ))
+            env = child_env(mode, host, port, conf, dict(os.environ), master.options.proxyauth)
             if trace is not None:
                 env = traced_env(env, trace)
             announce(f"sessiontap: {mode} proxy on {host}:{port}, recording to {out or '(nowhere)'}")
@@ -242,7 +311,7 @@ async def record(settings: dict[str, Any], command: list[str],
                 ca_bundle(conf)
             announce(f"sessiontap: {mode} proxy listening on {host}:{port}, recording to {out or '(nowhere)'}")
             announce("Point a client at it (copy one block), then press Ctrl-C to stop:")
-            for line in env_lines(mode, host, port, conf):
+            for line in env_lines(mode, host, port, conf, master.options.proxyauth):
                 announce(line)
             stopper = asyncio.create_task(stop.wait())
             await asyncio.wait({stopper, task}, return_when=asyncio.FIRST_COMPLETED)
@@ -253,9 +322,12 @@ async def record(settings: dict[str, Any], command: list[str],
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.remove_signal_handler(sig)
+    warnings = bypass_warnings(mode, seen.flows, _trace_lookups(trace, started)) if command else []
+    for line in warnings:
+        announce(f"sessiontap: {line}")
     analysis = ours.findings.analysis
     verdict = analysis.verdict() if analysis else ""
-    return RecordResult(code, out, ours.journal.failed, verdict, analysis)
+    return RecordResult(code, out, ours.journal.failed, verdict, analysis, ours.journal.redactor, warnings=warnings)
 
 
 def run_record(settings: dict[str, Any], command: list[str],
@@ -266,6 +338,10 @@ def run_record(settings: dict[str, Any], command: list[str],
         parse_upstream(upstream)
     except ValueError as e:
         raise SessiontapError(f"--upstream: {e}") from e
+    problem = exposure_problem(settings.get("sessiontap_listen_host", LOOPBACK),
+                               bool(settings.get("sessiontap_expose")), settings.get("sessiontap_mode") == "reverse")
+    if problem:
+        raise SessiontapError(f"--listen-host: {problem}")
     if upstream != DEFAULT_UPSTREAM:
         check_upstream(upstream)
     with _logging():

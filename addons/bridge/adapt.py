@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 
 from mitmproxy import http
+from mitmproxy.websocket import WebSocketMessage
 
 from sessiontap.core.code import frames_of
 from sessiontap.core.model import Exchange, WsMessage
@@ -82,40 +83,61 @@ def request_headers(flow: http.HTTPFlow) -> dict[str, str]:
 
 def ws_message(msg: object) -> WsMessage:
     """The core record of one mitmproxy WebSocket message."""
-    from mitmproxy.websocket import WebSocketMessage
-
     assert isinstance(msg, WebSocketMessage)
     text = msg.text if msg.is_text else None
     return WsMessage(from_client=msg.from_client, timestamp=msg.timestamp, text=text, size=len(msg.content))
+
+
+def redact_request(req: http.Request, redactor: Redactor) -> None:
+    """Mask the secrets of a request in place: URL, headers and body."""
+    req.url = redactor.url(req.url)
+    _redact_headers(req.headers, redactor)
+    body = req.get_content(strict=False)
+    red = redactor.body(body)
+    if red != body:
+        req.content = red
+
+
+def redact_response(resp: http.Response, redactor: Redactor) -> None:
+    """Mask the secrets of a response in place: headers and body."""
+    _redact_headers(resp.headers, redactor)
+    if resp.raw_content is not None:
+        body = resp.get_content(strict=False)
+        red = redactor.body(body)
+        if red != body:
+            resp.content = red
+
+
+def redact_messages(messages: list[WebSocketMessage], redactor: Redactor) -> None:
+    """Mask the secrets of WebSocket text messages in place."""
+    for m in messages:
+        if m.is_text:
+            red = redactor.body(m.content)
+            if red != m.content and red is not None:
+                m.content = red
+
+
+def _redact_headers(headers: http.Headers, redactor: Redactor) -> None:
+    for name, value in redactor.headers_(dict(headers.items(multi=False))).items():
+        if headers.get(name) != value:
+            headers[name] = value
+
+
+def redact(flow: http.HTTPFlow, redactor: Redactor) -> None:
+    """Mask every secret of a flow in place: request, response, messages and error."""
+    redact_request(flow.request, redactor)
+    if flow.response is not None:
+        redact_response(flow.response, redactor)
+    if flow.websocket is not None:
+        redact_messages(flow.websocket.messages, redactor)
+    if flow.error is not None:
+        flow.error.msg = redactor.text(flow.error.msg)
+    flow.metadata.pop("proxyauth", None)  # mitmproxy keeps the proxy user and password there
 
 
 def redacted_copy(flow: http.HTTPFlow, redactor: Redactor) -> http.HTTPFlow:
     """An id-preserving deep copy of the flow with every secret removed; the live flow is untouched."""
     f = http.HTTPFlow.from_state(flow.get_state())
     assert isinstance(f, http.HTTPFlow)
-    f.request.url = redactor.url(f.request.url)
-    for name, value in redactor.headers_(dict(f.request.headers.items(multi=False))).items():
-        if f.request.headers.get(name) != value:
-            f.request.headers[name] = value
-    body = f.request.get_content(strict=False)
-    red = redactor.body(body)
-    if red != body:
-        f.request.content = red
-    if f.response is not None:
-        for name, value in redactor.headers_(dict(f.response.headers.items(multi=False))).items():
-            if f.response.headers.get(name) != value:
-                f.response.headers[name] = value
-        if f.response.raw_content is not None:
-            body = f.response.get_content(strict=False)
-            red = redactor.body(body)
-            if red != body:
-                f.response.content = red
-    if f.websocket is not None:
-        for m in f.websocket.messages:
-            if m.is_text:
-                red = redactor.body(m.content)
-                if red != m.content and red is not None:
-                    m.content = red
-    if f.error is not None:
-        f.error.msg = redactor.text(f.error.msg)
+    redact(f, redactor)
     return f

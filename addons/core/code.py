@@ -4,7 +4,9 @@
 that appends a line per TCP connect and per plain HTTP request: the client's local port,
 the time and the client's own frames, innermost first. The proxy sees that port as the
 flow's client port, so a flow's code is the trace's latest request line on its port at or
-before the flow started, else the connect line of that port. Pure: lines in, frames out.
+before the flow started, else the connect line of that port. A ``resolve`` line (no port) says the client
+looked up an ElevenLabs host itself, which a client going through the proxy never does: its
+traffic went around the proxy, unrecorded (``lookups``, ``around_proxy``). Pure: lines in, frames out.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import dataclass, field
 
 CODE_FILE = "code.jsonl"
 CLOCK_SLACK = 0.5  # seconds a trace line may be stamped after the flow it belongs to (two processes' clocks)
+RESOLVE = "resolve"  # the kind of a trace line that names a host the client looked up itself
 
 Frame = tuple[str, int, str]  # (file, line, function)
 
@@ -87,3 +90,38 @@ class CodeTrace:
             if sent is not None and sent.frames:
                 return sent.frames
         return connect.frames if connect else []
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    """An ElevenLabs host the client looked up itself (a ``resolve`` line): it went to it around the proxy."""
+
+    host: str
+    time: float
+    frames: list[Frame]
+
+
+def lookups(lines: Iterable[str], since: float = 0.0) -> list[Lookup]:
+    """The trace's ``resolve`` lines stamped at or after ``since``, in order; any other line is skipped."""
+    out: list[Lookup] = []
+    for line in lines:
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(obj, dict) or obj.get("kind") != RESOLVE or not isinstance(obj.get("host"), str):
+            continue
+        t = obj.get("time")
+        at = float(t) if isinstance(t, int | float) else 0.0
+        if at >= since:
+            out.append(Lookup(obj["host"].lower().rstrip("."), at, frames_of(obj.get("frames"))))
+    return out
+
+
+def around_proxy(found: Iterable[Lookup]) -> list[tuple[str, int, list[Frame]]]:
+    """Per host, in the order first looked up: the host, how many lookups, the first one's frames (or any)."""
+    hosts: dict[str, tuple[int, list[Frame]]] = {}
+    for lookup in found:
+        count, frames = hosts.get(lookup.host, (0, []))
+        hosts[lookup.host] = (count + 1, frames or lookup.frames)
+    return [(host, count, frames) for host, (count, frames) in hosts.items()]

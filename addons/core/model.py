@@ -121,6 +121,23 @@ class Call:
         """A JSON-ready dict of this call (turns as {role, text, time})."""
         return asdict(self)
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Call:
+        """A call back from ``to_json``'s shape, or from a journal line (context cut to ``context_tail``).
+
+        Unknown keys are ignored; ValueError (TypeError, KeyError) when the essentials are not there.
+        """
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        known["reply"] = _turns(data.get("reply"))
+        known["context"] = _turns(data.get("context", data.get("context_tail")))
+        extra = data.get("extra_context")
+        known["extra_context"] = {str(k): _turns(v) for k, v in extra.items()} if isinstance(extra, dict) else {}
+        known["code"] = [(str(f), int(n), str(fn)) for f, n, fn in data.get("code") or []]
+        call = cls(**known)
+        if not (isinstance(call.id, str) and isinstance(call.flow_id, str) and isinstance(call.started, int | float)):
+            raise ValueError("a call needs an id, a flow_id and a start time")
+        return call
+
     @property
     def failed(self) -> bool:
         """True when the call got no answer or an HTTP error status."""
@@ -156,6 +173,14 @@ class Call:
     def carried_state(self) -> list[Turn]:
         """What the server should hold after this call: what it was asked, and the reply."""
         return self.asked() + [t for t in self.reply if t.role == AGENT]
+
+
+def _turns(value: Any) -> list[Turn]:
+    """Turns from their JSON dicts ({role, text, time}); anything else is left out."""
+    if not isinstance(value, list):
+        return []
+    return [Turn(str(t["role"]), str(t["text"]), t.get("time")) for t in value
+            if isinstance(t, dict) and "role" in t and "text" in t]
 
 
 @dataclass(slots=True)

@@ -18,7 +18,8 @@ MASK = "[REDACTED]"
 
 SECRET_HEADERS = frozenset({"xi-api-key", "x-api-key", "api-key", "authorization", "proxy-authorization",
                             "cookie", "set-cookie"})
-SECRET_PARAMS = frozenset({"conversation_signature", "token", "xi-api-key", "api_key", "signature"})
+SECRET_PARAMS = frozenset({"conversation_signature", "token", "conversation_token", "xi-api-key", "api_key",
+                           "signature"})
 SECRET_KEYS = frozenset({
     "xi_api_key",
     "api_key",

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -329,10 +330,24 @@ def record_misses(result: RecordResult, misses: Sequence[ReplayMiss]) -> None:
         flows = []  # the findings still name the recorded flow nearest to each miss
     result.analysis.add_findings(miss_findings(misses, flows, result.analysis.calls))
     result.verdict = result.analysis.verdict()
-    write_findings(result.analysis, Path(result.out))
+    write_findings(result.analysis, Path(result.out), result.redactor)
 
 
 # --- the server --------------------------------------------------------------------------------
+
+
+class _SubprotocolNoise(logging.Filter):
+    """Drops aiohttp's per-socket warning that the client's subprotocols (e.g. `convai`) were not chosen.
+
+    The replay answers each upgrade with the subprotocol the recorded server chose, none included:
+    that is the point of a replay, not something to warn about once per socket.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "overlap server-known ones" not in record.getMessage()
+
+
+_SUBPROTOCOL_NOISE = _SubprotocolNoise()
 
 
 class ReplayServer(LoopbackServer):
@@ -366,6 +381,7 @@ class ReplayServer(LoopbackServer):
 
     async def start(self) -> None:
         """Bind the server (port 0 picks a free port) and start serving."""
+        logging.getLogger("aiohttp.websocket").addFilter(_SUBPROTOCOL_NOISE)  # idempotent
         app = web.Application(client_max_size=MAX_MESSAGE_BYTES)
         app.router.add_route("*", "/{tail:.*}", self._handle)
         await self._serve(app)

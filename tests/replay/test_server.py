@@ -312,6 +312,19 @@ def test_a_finished_socket_the_client_keeps_open_is_closed_with_the_recorded_cod
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1000
 
 
+@pytest.mark.timeout(30)
+def test_a_subprotocol_the_recording_did_not_choose_is_answered_as_recorded_without_a_warning(caplog):
+    rec = FlowRecord(exchange("socket", "/v1/convai/conversation", status=101, request_headers=UPGRADE),
+                     [text(True, INIT), text(False, {"type": "agent_response"})], close_code=1000)
+    with caplog.at_level("DEBUG"), running_replay([rec]) as server, \
+            ws_client.connect("ws" + server.url[4:] + "/v1/convai/conversation", subprotocols=["convai"],
+                              open_timeout=WAIT) as ws:
+        assert ws.subprotocol is None  # the recorded server chose none
+        ws.send(json.dumps(INIT))
+        assert json.loads(ws.recv(timeout=WAIT))["type"] == "agent_response"
+    assert not [r for r in caplog.records if "overlap" in r.getMessage()]
+
+
 def test_pongs_follow_the_client_not_the_recorded_timing():
     ping = text(False, {"type": "ping", "ping_event": {"event_id": 1}})
     pong = text(True, {"type": "pong", "event_id": 1})

@@ -6,14 +6,19 @@ HTTP request, it appends one JSON line: the local port, the time and the client'
 (file, line, function; innermost first; standard library, site-packages and this file left
 out; paths relative to the working directory when under it). A thread or asyncio task
 carries the frames that created it, so a socket opened in a library's thread still names
-the user's line. It records no variable or argument, prints nothing, and never raises: the
-client behaves as without it. Then it hands over to any ``sitecustomize`` of the user's.
+the user's line. When the client looks up an ElevenLabs host (``*.elevenlabs.io``) itself, which
+a client going through the proxy never does, it appends a ``resolve`` line (the host, the time,
+the frames; no port; written before the lookup, so a lookup that fails counts too) for ``record``
+to say the traffic went around the proxy. It records no variable or argument, prints nothing,
+and never raises: the client behaves as without it. Then it hands over to any ``sitecustomize``
+of the user's.
 """
 
 import asyncio
 import contextlib
 import json
 import os
+import re
 import socket
 import ssl
 import sys
@@ -31,6 +36,7 @@ _CWD = os.getcwd()
 _MAX_FRAMES = 12
 _TASKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # asyncio task -> frames that created it
 _METHODS = (b"GET ", b"POST ", b"PUT ", b"PATCH ", b"DELETE ", b"HEAD ", b"OPTIONS ")
+_ELEVENLABS = re.compile(r"(^|\.)elevenlabs\.io\.?$", re.IGNORECASE)
 
 
 def _library_dirs():
@@ -85,18 +91,31 @@ def _user_frames(skip=2):
     return frames
 
 
-def _write(kind, sock):
+def _append(record):
+    """Append one trace line (one write on an O_APPEND file: lines of several processes never interleave)."""
+    line = json.dumps({**record, "time": time.time(), "pid": os.getpid()}) + "\n"
+    fd = os.open(_TRACE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     try:
-        port = sock.getsockname()[1]
-        line = json.dumps({"kind": kind, "port": port, "time": time.time(), "pid": os.getpid(),
-                           "frames": _user_frames(3)}) + "\n"
-        fd = os.open(_TRACE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        os.write(fd, line.encode("utf-8", "replace"))
+    finally:
+        os.close(fd)
+
+
+def _write(kind, sock):
+    with contextlib.suppress(Exception):  # the client must never notice the trace
+        _append({"kind": kind, "port": sock.getsockname()[1], "frames": _user_frames(3)})
+
+
+def _wrap_resolve(original):
+    def resolve(host, *args, **kwargs):
         try:
-            os.write(fd, line.encode("utf-8", "replace"))
-        finally:
-            os.close(fd)
-    except Exception:  # noqa: BLE001 - the client must never notice the trace
-        pass
+            name = host.decode("ascii", "replace") if isinstance(host, bytes) else host
+            if isinstance(name, str) and _ELEVENLABS.search(name):
+                _append({"kind": "resolve", "host": name, "frames": _user_frames(2)})
+        except Exception:  # noqa: BLE001
+            pass
+        return original(host, *args, **kwargs)
+    return resolve
 
 
 def _wrap_connect(original):
@@ -140,6 +159,8 @@ def _wrap_create_task(original):
 def _install():
     socket.socket.connect = _wrap_connect(socket.socket.connect)  # type: ignore[method-assign]
     socket.socket.connect_ex = _wrap_connect(socket.socket.connect_ex)  # type: ignore[method-assign]
+    for name in ("getaddrinfo", "gethostbyname", "gethostbyname_ex"):  # asyncio, httpx, requests: via these
+        setattr(socket, name, _wrap_resolve(getattr(socket, name)))
     for cls in (socket.socket, ssl.SSLSocket):
         for name in ("send", "sendall"):
             setattr(cls, name, _wrap_send(getattr(cls, name)))
