@@ -36,8 +36,15 @@ def ws_origin(http_origin: str) -> str:
     return "ws" + http_origin[4:] if http_origin.startswith("http") else http_origin
 
 
+SIGNED_URL_TOKEN = re.compile(rb'"signed_url"\s*:\s*("(?:[^"\\]|\\.)*")')
+
+
 def rewrite_signed_url(body: bytes, origin: str) -> bytes | None:
-    """The get-signed-url body with its URL's origin replaced by ``origin``; None if nothing to do."""
+    """The get-signed-url body with its URL's origin replaced by ``origin``; None if nothing to do.
+
+    Only the URL's own string is replaced: every other byte of the body stays as the server sent it
+    (a number past float range would not survive being parsed and written again).
+    """
     try:
         obj = loads(body)
     except ValueError:
@@ -45,13 +52,25 @@ def rewrite_signed_url(body: bytes, origin: str) -> bytes | None:
     url = obj.get("signed_url") if isinstance(obj, dict) else None
     if not isinstance(url, str):
         return None
-    parts = urlsplit(url)
-    new = urlsplit(ws_origin(origin))
+    try:
+        parts = urlsplit(url)
+        new = urlsplit(ws_origin(origin))
+    except ValueError:  # not a URL (an unclosed IPv6 bracket): nothing to point at the proxy
+        return None
     fixed = urlunsplit((new.scheme, new.netloc, parts.path, parts.query, parts.fragment))
     if fixed == url:
         return None
-    obj["signed_url"] = fixed
-    return json.dumps(obj).encode()
+
+    def swap(m: re.Match[bytes]) -> bytes:
+        try:
+            same = json.loads(m.group(1)) == url
+        except ValueError:
+            same = False
+        token = json.dumps(fixed).encode() if same else m.group(1)
+        return m.group(0)[: m.start(1) - m.start(0)] + token
+
+    out = SIGNED_URL_TOKEN.sub(swap, body)
+    return out if out != body else None
 
 
 class Router:

@@ -14,7 +14,7 @@ from sessiontap.bridge.options import Check, check_updated
 from sessiontap.core.code import CodeTrace, Frame, frames_of
 from sessiontap.core.decode import Decoded, WsDecoder, decode_exchange
 from sessiontap.core.model import Call, Closing, Note
-from sessiontap.core.protocol import header, is_conversational, is_websocket_path
+from sessiontap.core.protocol import header, identifier, is_conversational, is_websocket_path
 from sessiontap.core.sessions import SessionTracker
 from sessiontap.core.settings import DEFAULTS, check_session_gap
 
@@ -146,7 +146,7 @@ class SessionTagger:
             meta[adapt.CODE_KEY] = [list(f) for f in code]
         if is_websocket_path(flow.request.path.split("?", 1)[0]):
             name = self._options()[0]
-            declared = header(adapt.request_headers(flow), name) if name else None
+            declared = identifier(header(adapt.request_headers(flow), name)) if name else None
             sid = declared or f"ws-{flow.id[:8]}"
             flow.request.headers[TAG_HEADER] = sid
             flow.metadata[META_KEY] = {"session": sid, "session_source": "client" if declared else "", **meta}

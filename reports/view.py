@@ -27,6 +27,7 @@ from sessiontap.core.settings import DEFAULTS
 from sessiontap.reports.svg import SERVER_LABEL, DiagramRow, GrowthPoint, flow_diagram, growth_chart
 
 BODY_LIMIT = 4000  # characters of a request/response body shown; the rest is in flows.mitm
+INDENT_DEPTH = 32  # JSON nested deeper is shown compact: indenting costs time and width quadratic in the depth
 TURN_LIMIT = 2000  # characters of one turn in a diff
 MESSAGE_LIMIT = 600  # characters of one WebSocket message
 FOLD_KEEP = 2  # unchanged turns shown at each side of a change; the rest fold into one line
@@ -272,8 +273,21 @@ def pretty(raw: bytes | str | None, limit: int = BODY_LIMIT) -> tuple[str, str]:
     if not text:
         return "", ""
     with contextlib.suppress(ValueError, RecursionError):
-        text = json.dumps(summarise_audio(loads(text)), indent=2, ensure_ascii=False)
+        value = summarise_audio(loads(text))
+        indent = 2 if nesting(value, INDENT_DEPTH) <= INDENT_DEPTH else None  # deeper: compact, in linear time
+        text = json.dumps(value, indent=indent, ensure_ascii=False)
     return clip(text, limit)
+
+
+def nesting(value: Any, limit: int) -> int:
+    """How deeply a JSON value nests (a scalar 0), counted up to ``limit + 1``; any depth is safe (no recursion)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack and deepest <= limit:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, depth)
+            stack.extend((v, depth + 1) for v in (item.values() if isinstance(item, dict) else item))
+    return deepest
 
 
 def anchor_for(prefix: str, n: int) -> str:

@@ -11,6 +11,7 @@ from typing import Any
 from mitmproxy import http
 from mitmproxy.addons.savehar import SaveHar
 from mitmproxy.version import VERSION as MITMPROXY_VERSION
+from wsproto.frame_protocol import Opcode
 
 from sessiontap.bridge.adapt import redacted_copy
 from sessiontap.core.errors import CaptureError
@@ -37,10 +38,23 @@ def scrub(value: Any, redactor: Redactor) -> Any:
     return value
 
 
+def is_utf8(data: bytes) -> bool:
+    """True when the bytes decode as UTF-8."""
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def make_har(flows: Sequence[http.HTTPFlow], redactor: Redactor | None = None) -> dict[str, Any]:
     """The HAR 1.2 dict of the flows, secrets removed; WebSocket flows carry `_webSocketMessages`."""
     redactor = redactor or Redactor()
     copies = [redacted_copy(f, redactor) for f in flows]
+    for f in copies:
+        for m in f.websocket.messages if f.websocket is not None else []:
+            if m.is_text and not is_utf8(m.content):  # a hand-made or injected frame: not text after all
+                m.type = Opcode.BINARY  # so its exact bytes are exported (base64, opcode 2), not refused
     har: dict[str, Any] = SaveHar().make_har(copies)
     har["log"]["creator"] = {
         "name": "sessiontap",

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 from mitmproxy import http
 from mitmproxy.websocket import WebSocketMessage
 
 from sessiontap.core.code import frames_of
 from sessiontap.core.model import Exchange, WsMessage
+from sessiontap.core.protocol import identifier
 from sessiontap.core.redact import Redactor
 
 
@@ -49,7 +51,7 @@ def client_identity(flow: http.HTTPFlow, run: str = "") -> str:
     peer = flow.client_conn.peername
     headers = _headers(flow.request.headers)
     parts = [str(peer[0]) if peer else "", headers.get("user-agent", ""), key_fingerprint(headers)]
-    return " ".join(p for p in parts if p)
+    return identifier(" ".join(p for p in parts if p)) or ""  # an undecodable User-Agent byte as its escape
 
 
 def exchange(flow: http.HTTPFlow) -> Exchange:
@@ -84,7 +86,7 @@ def request_headers(flow: http.HTTPFlow) -> dict[str, str]:
 def ws_message(msg: object) -> WsMessage:
     """The core record of one mitmproxy WebSocket message."""
     assert isinstance(msg, WebSocketMessage)
-    text = msg.text if msg.is_text else None
+    text = msg.content.decode("utf-8", "replace") if msg.is_text else None  # a text frame need not be UTF-8
     return WsMessage(from_client=msg.from_client, timestamp=msg.timestamp, text=text, size=len(msg.content))
 
 
@@ -140,4 +142,16 @@ def redacted_copy(flow: http.HTTPFlow, redactor: Redactor) -> http.HTTPFlow:
     f = http.HTTPFlow.from_state(flow.get_state())
     assert isinstance(f, http.HTTPFlow)
     redact(f, redactor)
+    f.metadata = _encodable(f.metadata)
     return f
+
+
+def _encodable(value: Any) -> Any:
+    """Metadata whose every text encodes as UTF-8 (lone surrogates as escapes): else the flow cannot be written."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {_encodable(k): _encodable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_encodable(v) for v in value)
+    return value

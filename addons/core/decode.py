@@ -31,8 +31,10 @@ from sessiontap.core.protocol import (
     agent_response_text,
     conversation_id,
     corrected_agent_text,
+    frame_type,
     get,
     header,
+    identifier,
     is_audio_frame,
     json_body,
     loads,
@@ -150,18 +152,18 @@ class Decoded:
 
 def declared_session_id(headers: dict[str, str], body: Any, session_header: str, session_field: str) -> str | None:
     """The session id the client declared, from its header or a dotted body field."""
-    value = header(headers, session_header) if session_header else None
+    value = identifier(header(headers, session_header)) if session_header else None
     if value:
         return value
     if session_field and isinstance(body, dict):
-        found = get(body, session_field)
-        if isinstance(found, str | int) and str(found):
-            return str(found)
+        return identifier(get(body, session_field))
     return None
 
 
-def request_digest(body: bytes) -> str:
-    """A short digest of a request body: equal digests mean byte-identical requests."""
+def request_digest(body: bytes | str) -> str:
+    """A short digest of a request body or message text: equal digests mean byte-identical requests."""
+    if isinstance(body, str):  # a text may hold lone surrogates (JSON escapes): kept, not refused
+        body = body.encode("utf-8", "surrogatepass")
     return hashlib.sha256(body).hexdigest()[:16]
 
 
@@ -265,7 +267,7 @@ class WsDecoder:
         query = dict(parse_qsl(urlsplit(url).query))
         self.flow_id = flow_id
         self.agent_id = query.get("agent_id", "")
-        self.declared_session = header(headers, session_header) if session_header else None
+        self.declared_session = declared_session_id(headers, None, session_header, "")
         self.client = client
         self.connection = connection
         self.code = list(code or [])
@@ -303,7 +305,7 @@ class WsDecoder:
             client=self.client,
             connection=self.connection,
             code=list(self.code),
-            request_digest=request_digest(text.encode()),
+            request_digest=request_digest(text),
         )
         call.context_formats[TRANSCRIPT_FIELD] = FORMAT_TURNS if self.transcript else FORMAT_EMPTY
         return call
@@ -328,11 +330,13 @@ class WsDecoder:
         if not isinstance(obj, dict):
             out.notes.append(Note(self.flow_id, "unknown-message", f"message #{self.messages} is not an object"))
             return out
-        kind = obj.get("type")
+        kind = frame_type(obj)  # None unless a string: a list or an object as the type is unknown too
         known = KNOWN_CLIENT_TYPES if msg.from_client else KNOWN_SERVER_TYPES
-        if kind not in known:
+        if kind is None or kind not in known:
+            raw = obj.get("type")
+            shown = repr(kind) if kind is not None or raw is None else f"of JSON {type(raw).__name__}"
             out.notes.append(Note(self.flow_id, "unknown-message-type",
-                                  f"{'client' if msg.from_client else 'server'} message type {kind!r}"))
+                                  f"{'client' if msg.from_client else 'server'} message type {shown}"))
             return out
         if msg.from_client:
             self._client(kind, obj, msg.timestamp, out)
@@ -342,8 +346,7 @@ class WsDecoder:
 
     def _client(self, kind: str, obj: dict[str, Any], ts: float, out: Decoded) -> None:
         if kind == "conversation_initiation_client_data":
-            uid = obj.get("user_id")
-            self.user_id = str(uid) if uid else None
+            self.user_id = identifier(obj.get("user_id"))
             first = get(obj, "conversation_config_override.agent.first_message")
             self.first_message_override = first if isinstance(first, str) and first else None
         elif (text := user_message_text(obj)) is not None:

@@ -285,7 +285,22 @@ def corrected_agent_text(obj: Any) -> str | None:
     return text if frame_type(obj) == "agent_response_correction" and isinstance(text, str) else None
 
 
+def identifier(value: object) -> str | None:
+    """An id from JSON or a header as text any writer can encode, or None when it is no id (empty, a bool, a list).
+
+    A lone surrogate (a JSON ``\\ud800``, an undecodable header byte) becomes its escape: ids
+    end up in flow metadata and file names, which must encode as UTF-8.
+    """
+    if isinstance(value, bool) or not isinstance(value, str | int) or value == "":
+        return None
+    try:
+        text = str(value)
+    except ValueError:  # an integer past Python's 4,300-digit limit
+        return None
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def conversation_id(obj: Any) -> str | None:
     """The conversation id a ``conversation_initiation_metadata`` frame announces, or None."""
     cid = get(obj, "conversation_initiation_metadata_event.conversation_id")
-    return str(cid) if frame_type(obj) == "conversation_initiation_metadata" and cid else None
+    return identifier(cid) if frame_type(obj) == "conversation_initiation_metadata" else None

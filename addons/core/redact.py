@@ -34,11 +34,13 @@ SECRET_KEYS = frozenset({
 })
 URL_KEYS = frozenset({"signed_url", "url", "conversation_url"})
 SECRET_PREFIX = "secret__"
-# Secret-looking values caught even when nobody named them: ElevenLabs keys and bearer tokens.
+# Secret-looking values caught even when nobody named them: ElevenLabs keys and bearer tokens. Each
+# with the plain substrings one of its matches must hold: a pattern runs only where one is found
+# (a substring search is many times faster than a regex over a large body).
 PATTERNS = (
-    re.compile(r"\bsk_[A-Za-z0-9_]{8,}"),
-    re.compile(r"(?i)(conversation_signature|[?&]token)=[^&\s\"'<>]+"),
-    re.compile(r"(?i)\bbearer[ .][A-Za-z0-9._~+/=-]{8,}"),
+    (re.compile(r"\bsk_[A-Za-z0-9_]{8,}"), ("sk_",)),
+    (re.compile(r"(?i)(conversation_signature|[?&]token)=[^&\s\"'<>]+"), ("=",)),
+    (re.compile(r"(?i)\bbearer[ .][A-Za-z0-9._~+/=-]{8,}"), ("earer", "EARER")),
 )
 MIN_SECRET_LEN = 6  # shorter values are not scrubbed globally (too many false hits)
 
@@ -122,8 +124,9 @@ class Redactor:
         for value in sorted(self.seen, key=len, reverse=True):
             if value in text:
                 text = text.replace(value, MASK)
-        for pattern in PATTERNS:
-            text = pattern.sub(_mask_match, text)
+        for pattern, needles in PATTERNS:
+            if any(n in text for n in needles):
+                text = pattern.sub(_mask_match, text)
         return text
 
     def body(self, raw: bytes | None) -> bytes | None:

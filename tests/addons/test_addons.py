@@ -104,3 +104,26 @@ def test_record_without_a_command_prints_every_ca_variable():
     text = "\n".join(env_lines("regular", "127.0.0.1", 8080, Path("/conf")))
     for name in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "NODE_EXTRA_CA_CERTS", "HTTPS_PROXY"):
         assert f"{name}=" in text
+
+
+async def test_undecodable_header_bytes_never_lose_a_flow(tmp_path):
+    from sessiontap.sessiontap import chain
+
+    ours = chain()
+    simulate = tflow.tflow(resp=True)
+    simulate.request.method, simulate.request.path = "POST", "/v1/convai/agents/a1/simulate-conversation"
+    simulate.request.headers.fields = ((b"user-agent", b"client \xff"), (b"content-type", b"application/json"))
+    socket = tflow.twebsocketflow()
+    socket.request.path = "/v1/convai/conversation?agent_id=a1"
+    socket.request.headers.fields += ((b"x-session-id", b"\xff\xfe"),)
+    with taddons.context(*ours.addons) as tctx:
+        tctx.configure(ours.journal, sessiontap_out=str(tmp_path))
+        for flow in (simulate, socket):
+            for addon in ours.addons:
+                await tctx.cycle(addon, flow)
+        ours.journal.done()
+    from sessiontap.app.capture import read_capture
+
+    saved = read_capture(tmp_path).flows
+    assert {f.id for f in saved} == {simulate.id, socket.id}
+    assert saved[1].metadata["sessiontap"]["session"] == "\\udcff\\udcfe"  # the bytes, as escapes
