@@ -176,8 +176,10 @@ class Analyzer:
         tracker = self.thread_trackers.setdefault(
             state.id, SessionTracker(self.settings.session_gap, self.hindsight.last_use, infer_order=False))
         numbers = self.thread_numbers.setdefault(state.id, {})
+        turns = rules.carried_context(call)[1]
         bare = replace(call, declared_session=None, session="", session_source="", session_evidence="",
-                       churned_from=None, user_id=None, context=list(rules.carried_context(call)[1]))
+                       churned_from=None, user_id=None, context=turns,
+                       context_key=call.context_key if turns is call.context else None)
         sid = tracker.assign(bare)
         tracker.complete(bare)
         thread = numbers.setdefault(sid, len(numbers) + 1)

@@ -8,15 +8,17 @@ and role are "changed"; the rest are "dropped" (only in old) or "added" (only in
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from operator import attrgetter
 
 from sessiontap.core.model import Turn
 
 CHARS_PER_TOKEN = 4  # the usual rough figure for English text
+_TEXT = attrgetter("text")
 
 
 def approx_tokens(turns: list[Turn]) -> int:
     """An approximate token count for a context (characters / 4, rounded up)."""
-    chars = sum(len(t.text) for t in turns)
+    chars = sum(map(len, map(_TEXT, turns)))  # map, not a generator: this runs once per call over the context
     return -(-chars // CHARS_PER_TOKEN)
 
 
@@ -70,14 +72,21 @@ class ContextDiff:
         }
 
 
+def _same(a: Turn, b: Turn) -> bool:
+    """Whether two turns are the same turn (one object: a socket's transcript shares them, no text compared)."""
+    return a is b or a.key() == b.key()
+
+
 def diff(old: list[Turn], new: list[Turn]) -> ContextDiff:
     """The diff from old to new context (linear in their lengths)."""
     limit = min(len(old), len(new))
     prefix = 0
-    while prefix < limit and old[prefix].key() == new[prefix].key():
+    if len(new) >= len(old) and new[: len(old)] == old:  # the usual case, compared in C (same objects: no text)
+        prefix = limit
+    while prefix < limit and _same(old[prefix], new[prefix]):
         prefix += 1
     suffix = 0
-    while suffix < limit - prefix and old[len(old) - 1 - suffix].key() == new[len(new) - 1 - suffix].key():
+    while suffix < limit - prefix and _same(old[len(old) - 1 - suffix], new[len(new) - 1 - suffix]):
         suffix += 1
     return ContextDiff(
         prefix=prefix,

@@ -22,7 +22,20 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from sessiontap.core.model import AGENT, CONTEXT, HTTP, USER, WEBSOCKET, Call, Exchange, Note, Turn, WsMessage
+from sessiontap.core.model import (
+    AGENT,
+    CONTEXT,
+    HTTP,
+    USER,
+    WEBSOCKET,
+    Call,
+    Exchange,
+    Note,
+    Turn,
+    WsMessage,
+    fold_turns,
+    lineage_seed,
+)
 from sessiontap.core.protocol import (
     AGENT_RE,
     KNOWN_CLIENT_TYPES,
@@ -276,6 +289,7 @@ class WsDecoder:
         self.conversation_id: str | None = None
         self.first_message_override: str | None = None
         self.transcript: list[Turn] = []
+        self.keys: list[int] = []  # the transcript's lineage hash after each of its turns
         self.opening: str | None = None
         self.pending: Call | None = None
         self.turns = 0
@@ -294,6 +308,7 @@ class WsDecoder:
             started=ts,
             user_text=text,
             context=list(self.transcript),
+            context_key=self.keys[-1] if self.keys else None,
             context_field=TRANSCRIPT_FIELD,
             declared_session=self.declared_session,
             user_id=self.user_id,
@@ -353,24 +368,32 @@ class WsDecoder:
             if self.pending is not None:  # a second message before the reply: close the first
                 out.calls.append(self._finish(None, ts))
             self.pending = self._new_call(text, ts)
-            self.transcript.append(Turn(USER, text, ts - self.started))
+            self._append(Turn(USER, text, ts - self.started))
         elif kind == "contextual_update":
             text = obj.get("text")
             if isinstance(text, str):
-                self.transcript.append(Turn(CONTEXT, text, ts - self.started))
+                self._append(Turn(CONTEXT, text, ts - self.started))
 
     def _server(self, kind: str, obj: dict[str, Any], ts: float, out: Decoded) -> None:
         if kind == "conversation_initiation_metadata":
             self.conversation_id = conversation_id(obj)
         elif (text := agent_response_text(obj)) is not None:
-            self.transcript.append(Turn(AGENT, text, ts - self.started))
+            self._append(Turn(AGENT, text, ts - self.started))
             if self.pending is not None:
                 out.calls.append(self._finish(Turn(AGENT, text, ts - self.started), ts))
             elif self.opening is None and self.turns == 0:
                 self.opening = text
         elif (corrected := corrected_agent_text(obj)) is not None and self.transcript \
                 and self.transcript[-1].role == AGENT:
-                self.transcript[-1] = Turn(AGENT, corrected, self.transcript[-1].time)
+                replaced = self.transcript.pop()
+                self.keys.pop()
+                self._append(Turn(AGENT, corrected, replaced.time))
+
+    def _append(self, turn: Turn) -> None:
+        """Add a turn to the transcript, and its lineage hash (one step: no call re-hashes the transcript)."""
+        start = self.keys[-1] if self.keys else lineage_seed(WEBSOCKET, self.agent_id)
+        self.transcript.append(turn)
+        self.keys.append(fold_turns(start, (turn,)))
 
     def _finish(self, reply: Turn | None, ts: float) -> Call:
         call = self.pending

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -19,6 +20,19 @@ RETRY_STATUSES = frozenset({408, 409, 429})  # statuses SDKs retry (and 5xx)
 def fold_space(text: str) -> str:
     """Text with every run of whitespace folded to one space (cached: each context repeats its turns)."""
     return " ".join(text.split())
+
+
+def lineage_seed(protocol: str, agent_id: str) -> int:
+    """Where a lineage hash starts: turns only match within one protocol and agent."""
+    return hash((protocol, agent_id))
+
+
+def fold_turns(start: int, turns: Iterable[Turn]) -> int:
+    """A rolling hash of turns (role and folded text), continued from ``start``."""
+    h = start
+    for t in turns:
+        h = hash((h, t.key()))
+    return h
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +125,10 @@ class Call:
     session_source: str = ""
     session_evidence: str = ""
     churned_from: str | None = None
+    # The lineage hash of ``context`` (``fold_turns(lineage_seed(...), context)``) when whoever built the
+    # call kept it as it went (a socket's transcript grows by one turn a message): None, compute it.
+    # Never written: Python's hash differs from one process to the next.
+    context_key: int | None = field(default=None, compare=False, repr=False)
 
     @property
     def reply_text(self) -> str:
@@ -119,7 +137,9 @@ class Call:
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict of this call (turns as {role, text, time})."""
-        return asdict(self)
+        out = asdict(self)
+        del out["context_key"]
+        return out
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Call:
@@ -127,7 +147,7 @@ class Call:
 
         Unknown keys are ignored; ValueError (TypeError, KeyError) when the essentials are not there.
         """
-        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__ and k != "context_key"}
         known["reply"] = _turns(data.get("reply"))
         known["context"] = _turns(data.get("context", data.get("context_tail")))
         extra = data.get("extra_context")
@@ -165,14 +185,29 @@ class Call:
 
     def asked(self) -> list[Turn]:
         """What this call handed the agent: its context, ending with the user's message."""
-        turns = list(self.context)
-        if self.user_text is not None and not (turns and turns[-1].role == USER and turns[-1].text == self.user_text):
-            turns.append(Turn(USER, self.user_text))
-        return turns
+        return list(self.context) + self._user_turn()
 
     def carried_state(self) -> list[Turn]:
         """What the server should hold after this call: what it was asked, and the reply."""
-        return self.asked() + [t for t in self.reply if t.role == AGENT]
+        return self.asked() + self._replies()
+
+    def carried_key(self) -> int | None:
+        """The lineage hash of ``carried_state()`` (None when it is empty), from ``context_key`` when kept."""
+        added = self._user_turn() + self._replies()
+        if not self.context and not added:
+            return None
+        seed = lineage_seed(self.protocol, self.agent_id)
+        start = self.context_key if self.context_key is not None else fold_turns(seed, self.context)
+        return fold_turns(start, added)
+
+    def _user_turn(self) -> list[Turn]:
+        turns = self.context
+        if self.user_text is None or (turns and turns[-1].role == USER and turns[-1].text == self.user_text):
+            return []
+        return [Turn(USER, self.user_text)]
+
+    def _replies(self) -> list[Turn]:
+        return [t for t in self.reply if t.role == AGENT]
 
 
 def _turns(value: Any) -> list[Turn]:

@@ -252,14 +252,14 @@ class SessionTracker:
         state = self.sessions.get(call.session)
         if state is None:
             return
-        seed = (call.protocol, call.agent_id)
         keys = []
-        after = call.carried_state()
-        if after:
-            keys.append(prefix_hashes(after, seed)[-1])
-            self.heads.setdefault(keys[-1], []).append(call.session)
+        after = call.carried_key()
+        if after is not None:
+            keys.append(after)
+            self.heads.setdefault(after, []).append(call.session)
         if call.context:
-            keys.append(prefix_hashes(call.context, seed)[-1])
+            asked = call.context_key
+            keys.append(asked if asked is not None else prefix_hashes(call.context, (call.protocol, call.agent_id))[-1])
             self.asks.setdefault(keys[-1], []).append(call.session)
         if state.head is not None and state.head.id == call.id:  # live, the completed call is a new record
             state.head, state.head_keys = call, tuple(keys)

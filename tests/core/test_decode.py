@@ -168,3 +168,28 @@ def test_transcript_round_trip(pairs):
     text = "\n".join(f"{r}: {t}" for r, t in pairs)
     turns, _ = normalize_context(text)
     assert [(t.role, t.text) for t in turns] == [(r.lower(), t.strip()) for r, t in pairs]
+
+
+def test_a_sockets_calls_carry_lineage_keys_equal_to_hashing_their_turns_again():
+    from sessiontap.core.sessions import prefix_hashes
+
+    def frame(from_client: bool, obj: dict) -> WsMessage:
+        return WsMessage(from_client, 0.0, json.dumps(obj), 0)
+
+    messages = [frame(False, {"type": "agent_response", "agent_response_event": {"agent_response": "Hello"}})]
+    for i in range(4):
+        messages.append(frame(True, {"type": "user_message", "text": f"question {i}"}))
+        if i == 1:
+            messages.append(frame(True, {"type": "contextual_update", "text": "the user scrolled"}))
+        messages.append(frame(False, {"type": "agent_response", "agent_response_event": {"agent_response": f"a{i}"}}))
+        if i == 2:  # the last agent turn is corrected in place
+            messages.append(frame(False, {"type": "agent_response_correction", "agent_response_correction_event": {
+                "original_agent_response": f"a{i}", "corrected_agent_response": f"corrected {i}"}}))
+    calls = decode_websocket("f1", "wss://h/v1/convai/conversation?agent_id=a1", {}, 0.0, messages, 1000, 1.0).calls
+    assert len(calls) == 4
+    for call in calls:
+        seed = (call.protocol, call.agent_id)
+        assert call.context_key == prefix_hashes(call.context, seed)[-1]
+        assert call.carried_key() == prefix_hashes(call.carried_state(), seed)[-1]
+        assert "context_key" not in call.to_json()  # a per-process hash is never written
+    assert any(t.text == "corrected 2" for t in calls[3].context)
