@@ -97,14 +97,14 @@ class Journal:
     def learn(self, flow: http.HTTPFlow) -> None:
         """Let the redactor see the flow's secrets before anything about it is written.
 
-        Headers and query every time; ``secret__`` variables from the request body and from each
+        Headers, query and the request body's ``secret__`` variables once a flow; then each
         WebSocket message not seen yet, so that a value is masked wherever it shows up next (an
         agent reply quoting it, a later call's context), not only once the socket has ended.
         """
-        self.redactor.headers_(adapt.request_headers(flow))
-        self.redactor.url(flow.request.url)
         if flow.id not in self.learned:
             self.learned[flow.id] = 0
+            self.redactor.headers_(adapt.request_headers(flow))
+            self.redactor.url(flow.request.url)
             _learn_secret_variables(self.redactor, flow.request.raw_content)
         if flow.websocket is not None:
             messages = flow.websocket.messages
