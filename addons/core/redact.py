@@ -52,13 +52,28 @@ class Redactor:
         self.headers = SECRET_HEADERS | {h.lower() for h in extra_headers}
         self.keys = SECRET_KEYS | {k.lower() for k in extra_keys}
         self.seen: set[str] = set()
+        # What a body must hold (lower-cased) for anything in it to be masked: a secret key or query
+        # parameter name (a secret__ variable's name holds "secret"), or a pattern's fixed part.
+        self.needles = tuple(sorted({n.encode() for n in self.keys | SECRET_PARAMS} | {b"sk_", b"bearer"}))
+        self.seen_bytes: set[bytes] = set()
 
     def _remember(self, value: str) -> None:
         value = value.strip()
         if len(value) >= MIN_SECRET_LEN and value != MASK:
             self.seen.add(value)
+            self.seen_bytes.add(value.encode("utf-8", "surrogatepass"))
             if value.lower().startswith("bearer "):
                 self.seen.add(value[7:].strip())
+                self.seen_bytes.add(value[7:].strip().encode("utf-8", "surrogatepass"))
+
+    def may_hold_secret(self, raw: bytes) -> bool:
+        """False only when ``body`` would return ``raw`` unchanged: no secret name, pattern or known value in it.
+
+        Substring searches in C, so that the bodies and frames with nothing to mask (nearly all)
+        are not parsed and walked on the proxy's hot path.
+        """
+        low = raw.lower()
+        return any(n in low for n in self.needles) or any(v in raw for v in self.seen_bytes)
 
     def headers_(self, headers: dict[str, str]) -> dict[str, str]:
         """A copy of the headers with secret ones masked (and the WebSocket bearer subprotocol)."""
@@ -131,7 +146,7 @@ class Redactor:
 
     def body(self, raw: bytes | None) -> bytes | None:
         """A body with secrets masked: JSON is rewritten structurally, other text by value."""
-        if not raw:
+        if not raw or not self.may_hold_secret(raw):
             return raw
         try:
             text = raw.decode("utf-8")

@@ -2,6 +2,9 @@
 
 import json
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from sessiontap.core.redact import MASK, Redactor
 
 KEY = "sk_live_0123456789abcdefDISTINCT"
@@ -53,3 +56,27 @@ def test_websocket_bearer_subprotocol_masked():
     out = r.headers_({"sec-websocket-protocol": "convai, bearer.abcdefghijkl"})
     assert out["sec-websocket-protocol"] == f"convai, bearer.{MASK}"
     assert "abcdefghijkl" not in r.text("abcdefghijkl")
+
+
+WORDS = ["token", "Token", "secret__pin", "sk_live_abcdefgh12", "Bearer abcdefgh12", "conversation_signature=x1",
+         "api_key", "hello", "user_message", "https://h/p?token=zz9&a=1", "remembered-value-1", "é", "AAAA=="]
+
+
+@given(st.recursive(st.one_of(st.sampled_from(WORDS), st.integers(), st.none()),
+                    lambda inner: st.one_of(st.lists(inner, max_size=4),
+                                            st.dictionaries(st.sampled_from(WORDS), inner, max_size=4)),
+                    max_leaves=12), st.booleans())
+@settings(max_examples=300, derandomize=True, deadline=None)
+def test_the_quick_check_never_changes_what_a_body_becomes(value, as_text):
+    raw = (str(value) if as_text else json.dumps(value, ensure_ascii=False)).encode()
+    quick, full = Redactor(), Redactor()
+    for r in (quick, full):
+        r.body(b'{"token": "remembered-value-1"}')  # a value learned earlier, to be found by value
+    full.may_hold_secret = lambda raw: True  # type: ignore[method-assign]
+    assert quick.body(raw) == full.body(raw)
+    assert quick.seen == full.seen
+
+
+def test_a_body_with_nothing_to_mask_is_returned_as_it_came():
+    audio = json.dumps({"user_audio_chunk": "QUJD" * 250_000 + "=="}).encode()
+    assert Redactor().body(audio) is audio
