@@ -1,4 +1,4 @@
-"""Live findings: each call judged as it completes, journaled, marked in mitmweb, and findings.json at the end."""
+"""Live findings: each call judged once forwarded, journaled, marked in mitmweb; findings.json at the end."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any, ClassVar, Protocol
 from mitmproxy import ctx, hooks, http
 from mitmproxy.addonmanager import Loader
 
+from sessiontap.bridge.backlog import Backlog
 from sessiontap.bridge.guard import guarded
 from sessiontap.bridge.options import Check, check_updated, sessiontap_values
 from sessiontap.core.analysis import Analysis, Analyzer
@@ -62,15 +63,21 @@ class Recorder(Protocol):
 
 
 class Findings:
-    """Runs the continuity rules over each call as the tagger decodes it."""
+    """Runs the continuity rules over each call the tagger decodes, once its message has been forwarded.
+
+    The tagger decodes and the journal writes each call before its last message goes on (so a
+    kill loses no completed turn); judging it waits on the backlog, off the message's latency.
+    """
 
     CHECKS: ClassVar[dict[str, Check]] = {
         "sessiontap_max_context_tokens": check_max_context_tokens,
         "sessiontap_opening_similarity": check_opening_similarity,
     }
 
-    def __init__(self, journal: Recorder | None = None, redactor: Redactor | None = None) -> None:
+    def __init__(self, journal: Recorder | None = None, redactor: Redactor | None = None,
+                 backlog: Backlog | None = None) -> None:
         self.analyzer = Analyzer()
+        self.backlog = backlog or Backlog()  # the rules run once the call's last message has been forwarded
         self.analysis: Analysis | None = None
         self.journal = journal
         self.redactor = redactor or Redactor()  # the journal's: masks what flow comments and findings.json repeat
@@ -96,23 +103,32 @@ class Findings:
         if found:
             ctx.master.addons.trigger(hooks.UpdateHook([flow]))
 
-    @guarded
     def on_call(self, call: Call, flow: http.HTTPFlow) -> None:
+        self.backlog.add(self._call, call, flow)
+
+    def on_note(self, note: Note, flow: http.HTTPFlow) -> None:
+        self.backlog.add(self._note, note, flow, flow.metadata.get("sessiontap", {}).get("session", ""))
+
+    def on_close(self, closing: Closing, flow: http.HTTPFlow, info: dict[str, Any]) -> None:
+        self.backlog.add(self._close, closing, flow)
+
+    def on_first_message(self, agent_id: str, text: str) -> None:
+        self.backlog.add(self.analyzer.first_messages.__setitem__, agent_id, text)  # in order with the calls
+
+    @guarded
+    def _call(self, call: Call, flow: http.HTTPFlow) -> None:
         self._publish(self.analyzer.add_call(call), flow)
 
     @guarded
-    def on_note(self, note: Note, flow: http.HTTPFlow) -> None:
-        session = flow.metadata.get("sessiontap", {}).get("session", "")
+    def _note(self, note: Note, flow: http.HTTPFlow, session: str) -> None:
         self._publish(self.analyzer.add_note(note, session), flow)
 
     @guarded
-    def on_close(self, closing: Closing, flow: http.HTTPFlow, info: dict[str, Any]) -> None:
+    def _close(self, closing: Closing, flow: http.HTTPFlow) -> None:
         self._publish(self.analyzer.close_conversation(closing), flow)
 
-    def on_first_message(self, agent_id: str, text: str) -> None:
-        self.analyzer.first_messages[agent_id] = text
-
     def done(self) -> None:
+        self.backlog.drain()
         self.analysis = self.analyzer.result()
         out = getattr(ctx.options, "sessiontap_out", "")
         if out:

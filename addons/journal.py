@@ -1,5 +1,9 @@
 """The journal: ``journal.jsonl`` and ``flows.mitm`` written, redacted and flushed, as flows complete.
 
+Calls are journaled and flows saved once they have been forwarded (through the chain's backlog),
+so writing adds nothing to a message's latency. A saved flow has been sent in full, so its
+secrets are masked in the flow itself, as the scrubber would mask them, before it is written.
+
 Write-failure policy: traffic always flows. When a write fails (disk full, directory gone)
 the error is logged once, writing stops, and ``failed`` holds the reason so that
 ``sessiontap record`` can report it and exit non-zero. Nothing fails silently.
@@ -13,12 +17,14 @@ import os
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, BinaryIO
 
-from mitmproxy import ctx, exceptions, http, io
+from mitmproxy import ctx, exceptions, http
 from mitmproxy.addonmanager import Loader
+from mitmproxy.io import tnetstring
 
 from sessiontap.bridge import adapt
+from sessiontap.bridge.backlog import Backlog
 from sessiontap.bridge.guard import guarded
 from sessiontap.core.model import Call, Closing, Note
 from sessiontap.core.redact import SECRET_PREFIX, Redactor
@@ -51,12 +57,12 @@ def _learn_secret_variables(redactor: Redactor, raw: bytes | None) -> None:
 class Journal:
     """Appends one redacted JSON line per event and one redacted flow per completed flow."""
 
-    def __init__(self) -> None:
+    def __init__(self, backlog: Backlog | None = None) -> None:
         self.redactor = Redactor()
+        self.backlog = backlog or Backlog()  # flows are saved once they have been forwarded
         self.out: Path | None = None
         self.lines: IO[str] | None = None
-        self.capture: IO[bytes] | None = None
-        self.writer: io.FlowWriter | None = None
+        self.capture: BinaryIO | None = None
         self.open_sockets: dict[str, http.HTTPFlow] = {}
         self.learned: dict[str, int] = {}  # flow id -> WebSocket messages whose secrets the redactor knows
         self.failed: str | None = None
@@ -84,7 +90,6 @@ class Journal:
             self.capture = open(out / CAPTURE_FILE, "ab")  # noqa: SIM115 - lives until done()
         except OSError as e:
             raise exceptions.OptionsError(f"sessiontap_out: cannot write to {value!r}: {e.strerror or e}") from e
-        self.writer = io.FlowWriter(self.capture)
         self.out = out
         self.closed = False
         self.record("start", {"pid": os.getpid(), "out": str(out)})
@@ -152,12 +157,13 @@ class Journal:
         """Journal an agent's configured opening line."""
         self.record("agent", {"agent_id": agent_id, "first_message": text})
 
+    @guarded
     def _save(self, flow: http.HTTPFlow) -> None:
-        if self.writer is None or self.capture is None or self.failed or self.closed:
+        """Mask the flow (it has been sent) and append it to flows.mitm (its secrets were learned at its hooks)."""
+        if self.capture is None or self.failed or self.closed:
             return
-        self.learn(flow)
         try:
-            self.writer.add(adapt.redacted_copy(flow, self.redactor))
+            tnetstring.dump(adapt.sent_state(flow, self.redactor), self.capture)
             self.capture.flush()
         except OSError as e:
             self._fail(CAPTURE_FILE, e)
@@ -165,8 +171,9 @@ class Journal:
     @guarded
     def response(self, flow: http.HTTPFlow) -> None:
         if flow.websocket is None:
-            self._save(flow)
+            self.learn(flow)
             self.learned.pop(flow.id, None)
+            self.backlog.add(self._save, flow)
         else:
             self.learn(flow)
             self.open_sockets[flow.id] = flow
@@ -177,19 +184,23 @@ class Journal:
 
     @guarded
     def error(self, flow: http.HTTPFlow) -> None:
-        if flow.websocket is None:
-            self._save(flow)
+        if flow.websocket is None:  # saved now: the endings addon replaces the error when it kills the flow
+            self.learn(flow)
             self.learned.pop(flow.id, None)
+            self._save(flow)  # (not draining the backlog first: other connections' messages may not have gone)
 
     @guarded
     def websocket_end(self, flow: http.HTTPFlow) -> None:
         if self.open_sockets.pop(flow.id, None) is not None:
-            self._save(flow)
+            self.learn(flow)
+            self.backlog.add(self._save, flow)
         self.learned.pop(flow.id, None)
 
     def done(self) -> None:
+        self.backlog.drain()
         # mitmproxy calls done() before the open sockets' websocket_end: save them as they are now.
         for flow in list(self.open_sockets.values()):
+            self.learn(flow)
             self._save(flow)
         self.open_sockets.clear()
         self.record("end", {})
@@ -203,5 +214,4 @@ class Journal:
                 except OSError as e:
                     self._fail("files", e)
         self.lines = self.capture = None
-        self.writer = None
         self.closed = True

@@ -22,12 +22,14 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 
 try:
     from sessiontap.audio import AudioSummary
+    from sessiontap.bridge.backlog import Backlog
     from sessiontap.endings import AbnormalEndings
     from sessiontap.exposure import Exposure
     from sessiontap.findings import Findings
     from sessiontap.journal import Journal
     from sessiontap.router import Router
     from sessiontap.scrub import Scrubber
+    from sessiontap.streaming import StreamedReplies
     from sessiontap.tagger import SessionTagger
 except ModuleNotFoundError as e:  # pragma: no cover - only without an install
     raise ImportError(
@@ -37,26 +39,25 @@ except ModuleNotFoundError as e:  # pragma: no cover - only without an install
 
 
 class Chain:
-    """sessiontap's addons, wired to each other, in the order mitmproxy must call them."""
+    """sessiontap's addons, wired to each other, in the order mitmproxy must call them (one addon, nine nested)."""
 
     def __init__(self) -> None:
         self.exposure = Exposure()
         self.router = Router()
-        self.journal = Journal()
-        self.findings = Findings(self.journal, self.journal.redactor)
+        self.streaming = StreamedReplies()  # before the tagger: it hands the tagger whole bodies
+        self.backlog = Backlog()  # one queue, so that deferred work keeps the order of the hooks
+        self.journal = Journal(self.backlog)
+        self.findings = Findings(self.journal, self.journal.redactor, self.backlog)
         self.tagger = SessionTagger(listeners=[self.findings, self.journal])
         self.audio = AudioSummary()
         self.endings = AbnormalEndings()  # after the journal, which records the upstream's own error
         self.scrubber = Scrubber(self.journal.redactor)  # last: the others see flows as sent
 
-    @property
-    def addons(self) -> list[object]:
-        """In hook order: exposure, routing, tagging, audio, findings, journal, endings, scrubbing.
-
-        All of them before mitmproxy's own (its dumper and its save see what the scrubber left).
-        """
-        return [self.exposure, self.router, self.tagger, self.audio, self.findings, self.journal, self.endings,
-                self.scrubber]
+        # In hook order: exposure, routing, streaming, tagging, audio, findings, journal, endings, scrubbing;
+        # all of them before mitmproxy's own (its dumper and its save see what the scrubber left).
+        # mitmproxy calls nested addons through their parent: one dispatch per hook for the nine.
+        self.addons: list[object] = [self.exposure, self.router, self.streaming, self.tagger, self.audio,
+                                     self.findings, self.journal, self.endings, self.scrubber]
 
 
 def chain() -> Chain:
@@ -64,4 +65,4 @@ def chain() -> Chain:
     return Chain()
 
 
-addons = chain().addons
+addons = [chain()]

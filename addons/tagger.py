@@ -12,7 +12,7 @@ from sessiontap.bridge import adapt
 from sessiontap.bridge.guard import guarded
 from sessiontap.bridge.options import Check, check_updated
 from sessiontap.core.code import CodeTrace, Frame, frames_of
-from sessiontap.core.decode import Decoded, WsDecoder, decode_exchange
+from sessiontap.core.decode import Decoded, SimulateRequest, WsDecoder, decode_exchange, decode_request
 from sessiontap.core.model import Call, Closing, Note
 from sessiontap.core.protocol import header, identifier, is_conversational, is_websocket_path
 from sessiontap.core.sessions import SessionTracker
@@ -43,7 +43,7 @@ class SessionTagger:
 
     def __init__(self, listeners: list[Listener] | None = None) -> None:
         self.tracker = SessionTracker()
-        self.pending: dict[str, Call] = {}
+        self.pending: dict[str, SimulateRequest] = {}  # flow id -> its call, decoded from the request
         self.sockets: dict[str, WsDecoder] = {}
         self.listeners: list[Listener] = list(listeners or [])  # in order: findings, then the journal
         self.code = CodeTrace()
@@ -152,12 +152,12 @@ class SessionTagger:
             flow.metadata[META_KEY] = {"session": sid, "session_source": "client" if declared else "", **meta}
             return
         flow.metadata[META_KEY] = meta
-        found = decode_exchange(adapt.exchange(flow), *self._options())
-        if not found.calls:
+        started = decode_request(adapt.exchange(flow), *self._options())
+        if started is None:
             return
-        call = found.calls[0]
+        call = started.decoded.calls[0]
         self.tracker.assign(call)
-        self.pending[flow.id] = call
+        self.pending[flow.id] = started
         flow.request.headers[TAG_HEADER] = call.session
         flow.metadata[META_KEY].update(session=call.session, session_source=call.session_source)
 
@@ -173,13 +173,11 @@ class SessionTagger:
             )
             flow.response.headers[TAG_HEADER] = flow.metadata.get(META_KEY, {}).get("session", "")
             return
-        started = self.pending.pop(flow.id, None)
-        found = decode_exchange(adapt.exchange(flow), *self._options())
+        started = self.pending.pop(flow.id, None)  # its request was decoded when it was sent: parsed once
+        exchange = adapt.exchange(flow)
+        found = started.answered(exchange) if started is not None else decode_exchange(exchange, *self._options())
         if started is not None:
-            for call in found.calls:
-                call.session, call.session_source = started.session, started.session_source
-                call.session_evidence = started.session_evidence
-            flow.response.headers[TAG_HEADER] = started.session
+            flow.response.headers[TAG_HEADER] = started.decoded.calls[0].session
         self._emit(flow, found)
 
     @guarded
@@ -191,8 +189,9 @@ class SessionTagger:
         if started is None:  # no call to pin it on: the failure is a note of its own
             self._emit(flow, Decoded(notes=[Note(flow.id, "upstream-error", msg)]))
             return
-        started.error, started.ended = msg, flow.error.timestamp if flow.error else started.started
-        self._emit(flow, Decoded(calls=[started]))
+        call = started.decoded.calls[0]
+        call.error, call.ended = msg, flow.error.timestamp if flow.error else call.started
+        self._emit(flow, Decoded(calls=[call], notes=started.decoded.notes))
 
     @guarded
     def websocket_message(self, flow: http.HTTPFlow) -> None:

@@ -4,7 +4,7 @@ Everything runs on 127.0.0.1. One ElevenLabs simulator runs in its own process
 (`python -m sessiontap.simulator`), and the same client traffic is sent three ways in one run:
 
 - direct      client -> simulator
-- mitmdump    client -> `mitmdump --mode reverse:<simulator>` (no addons) -> simulator
+- mitmdump    client -> `mitmdump --mode reverse:<simulator> -w FILE` (no addons, writing a capture) -> simulator
 - sessiontap  client -> `sessiontap record --mode reverse --upstream <simulator>` -> simulator
 
 Two kinds of exchange are timed, each after a warm-up, over one connection per way:
@@ -181,11 +181,22 @@ def simulator(workdir: Path) -> Iterator[int]:
         yield proc.port
 
 
+def mitmdump_argv(sim_port: int, port: int, capture: Path) -> list[str]:
+    """Bare mitmdump in reverse mode on `port` in front of the simulator, writing every flow to `capture`."""
+    return [str(BIN / "mitmdump"), "-q", "--mode", f"reverse:http://{HOST}:{sim_port}", "--listen-host", HOST,
+            "-p", str(port), "--set", "connection_strategy=lazy", "-w", str(capture)]
+
+
+def sessiontap_argv(sim_port: int, port: int, out: Path) -> list[str]:
+    """`sessiontap record --mode reverse` on `port` in front of the simulator, recording into `out`."""
+    return [str(BIN / "sessiontap"), "record", "--mode", "reverse", "--upstream", f"http://{HOST}:{sim_port}",
+            "--listen-host", HOST, "--listen-port", str(port), "--out", str(out)]
+
+
 @contextlib.contextmanager
 def bare_mitmdump(sim_port: int, workdir: Path) -> Iterator[Proc]:
     port = free_port()
-    argv = [str(BIN / "mitmdump"), "-q", "--mode", f"reverse:http://{HOST}:{sim_port}", "--listen-host", HOST,
-            "-p", str(port), "--set", "connection_strategy=lazy"]
+    argv = mitmdump_argv(sim_port, port, workdir / "mitmdump.mitm")
     with started("mitmdump", argv, workdir) as proc:
         wait_until(proc, accepts(port))
         proc.port = port
@@ -195,8 +206,7 @@ def bare_mitmdump(sim_port: int, workdir: Path) -> Iterator[Proc]:
 @contextlib.contextmanager
 def sessiontap_record(sim_port: int, workdir: Path) -> Iterator[Proc]:
     port = free_port()
-    argv = [str(BIN / "sessiontap"), "record", "--mode", "reverse", "--upstream", f"http://{HOST}:{sim_port}",
-            "--listen-host", HOST, "--listen-port", str(port), "--out", str(workdir / "sessiontap-out")]
+    argv = sessiontap_argv(sim_port, port, workdir / "sessiontap-out")
     env = {**os.environ, "SESSIONTAP_HOME": str(workdir / "sessiontap-home")}
     with started("sessiontap", argv, workdir, env) as proc:
         wait_until(proc, accepts(port))

@@ -260,7 +260,7 @@ async def record(settings: dict[str, Any], command: list[str],
     ours = chain()
     ready = _Ready()
     seen = _Seen()
-    master.addons.add(ready, seen, *ours.addons, *default_addons())
+    master.addons.add(ready, seen, ours, *default_addons())
     if command and not settings.get("sessiontap_client"):
         settings = {**settings, "sessiontap_client": "run: " + shlex.join(command)[:120]}  # the run is the client
     trace = Path(settings["sessiontap_out"]) / CODE_FILE if command and code_trace and settings.get("sessiontap_out") \

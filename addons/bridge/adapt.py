@@ -6,7 +6,7 @@ import hashlib
 from typing import Any
 
 from mitmproxy import http
-from mitmproxy.websocket import WebSocketMessage
+from mitmproxy.websocket import WebSocketData, WebSocketMessage
 
 from sessiontap.core.code import frames_of
 from sessiontap.core.model import Exchange, WsMessage
@@ -135,6 +135,40 @@ def redact(flow: http.HTTPFlow, redactor: Redactor) -> None:
     if flow.error is not None:
         flow.error.msg = redactor.text(flow.error.msg)
     flow.metadata.pop("proxyauth", None)  # mitmproxy keeps the proxy user and password there
+
+
+def sent_state(flow: http.HTTPFlow, redactor: Redactor) -> dict[str, Any]:
+    """The state of a finished flow for a capture file, every secret masked.
+
+    What has surely been sent (the request, once its response or error came back; a closed
+    socket's messages) is masked in the flow itself, as the scrubber masks it, which spares the
+    copy that cost most of a save. The response may still be on its way to the client, so only
+    its state is masked, and only when it holds something to mask. Metadata is made encodable.
+    """
+    redact_request(flow.request, redactor)
+    if flow.websocket is not None and flow.websocket.timestamp_end is not None:
+        redact_messages(flow.websocket.messages, redactor)
+    if flow.error is not None:
+        flow.error.msg = redactor.text(flow.error.msg)
+    flow.metadata.pop("proxyauth", None)
+    state = flow.get_state()
+    if flow.response is not None and _holds_secret(flow.response, redactor):
+        copy = http.Response.from_state(state["response"])
+        redact_response(copy, redactor)
+        state["response"] = copy.get_state()
+    if flow.websocket is not None and flow.websocket.timestamp_end is None:  # saved at shutdown, still open
+        copy_ws = WebSocketData.from_state(state["websocket"])
+        redact_messages(copy_ws.messages, redactor)
+        state["websocket"] = copy_ws.get_state()
+    state["metadata"] = _encodable(state["metadata"])
+    return state
+
+
+def _holds_secret(resp: http.Response, redactor: Redactor) -> bool:
+    headers = dict(resp.headers.items(multi=False))
+    if redactor.headers_(headers) != headers:
+        return True
+    return resp.raw_content is not None and redactor.may_hold_secret(resp.get_content(strict=False) or b"")
 
 
 def redacted_copy(flow: http.HTTPFlow, redactor: Redactor) -> http.HTTPFlow:

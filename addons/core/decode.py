@@ -180,8 +180,40 @@ def request_digest(body: bytes | str) -> str:
     return hashlib.sha256(body).hexdigest()[:16]
 
 
+@dataclass
+class SimulateRequest:
+    """A simulate call decoded from its request alone; ``answered`` completes it with the response.
+
+    Live, the request is decoded once, when it is sent (its session id tags it upstream), and
+    the same call is completed when the response comes: a body is parsed once, not twice.
+    """
+
+    decoded: Decoded
+    sent: list[Turn]  # the history as sent, before any embedded transcript is opened
+
+    def answered(self, ex: Exchange) -> Decoded:
+        """The decoded call with the exchange's outcome and the reply's new turns."""
+        out = self.decoded
+        call = out.calls[0]
+        call.ended, call.status, call.error = ex.ended, ex.status, ex.error
+        if ex.response_body and ex.status is not None and 200 <= ex.status < 300:
+            try:
+                call.reply = new_turns(self.sent, simulated_turns(ex.response_body))
+            except (ValueError, UnicodeDecodeError) as e:
+                out.notes.append(Note(ex.flow_id, "response-body", f"response body is not JSON: {e}"))
+        if not call.context and call.reply and call.reply[0].role == AGENT:
+            call.opening = call.reply[0].text
+        return out
+
+
 def decode_simulate(ex: Exchange, agent_id: str, stream: bool, session_header: str, session_field: str) -> Decoded:
     """One simulate-conversation exchange as a call, or a note when its body cannot be read."""
+    return simulate_request(ex, agent_id, stream, session_header, session_field).answered(ex)
+
+
+def simulate_request(ex: Exchange, agent_id: str, stream: bool, session_header: str,
+                     session_field: str) -> SimulateRequest:
+    """The call a simulate-conversation request makes, from the request alone."""
     out = Decoded()
     call = Call(
         id=ex.flow_id,
@@ -190,23 +222,20 @@ def decode_simulate(ex: Exchange, agent_id: str, stream: bool, session_header: s
         endpoint="simulate-stream" if stream else "simulate",
         agent_id=agent_id,
         started=ex.started,
-        ended=ex.ended,
         context_field=HISTORY_FIELD,
         server_conversation=ex.flow_id,
-        status=ex.status,
-        error=ex.error,
         client=ex.client,
         connection=ex.connection,
         code=list(ex.code),
         request_digest=request_digest(ex.request_body),
     )
+    out.calls.append(call)
     try:
         body = json_body(ex.request_body)
     except (ValueError, UnicodeDecodeError) as e:
         out.notes.append(Note(ex.flow_id, "request-body", f"request body is not JSON: {e}"))
         call.declared_session = declared_session_id(ex.request_headers, None, session_header, "")
-        out.calls.append(call)
-        return out
+        return SimulateRequest(out, [])
     call.declared_session = declared_session_id(ex.request_headers, body, session_header, session_field)
     spec = body.get("simulation_specification") if isinstance(body, dict) else None
     history = spec.get("partial_conversation_history") if isinstance(spec, dict) else None
@@ -227,15 +256,7 @@ def decode_simulate(ex: Exchange, agent_id: str, stream: bool, session_header: s
                 turns, fmt = normalize_context(body[name])
                 call.extra_context[name] = turns
                 call.context_formats[name] = fmt
-    if ex.response_body and ex.status is not None and 200 <= ex.status < 300:
-        try:
-            call.reply = new_turns(sent, simulated_turns(ex.response_body))
-        except (ValueError, UnicodeDecodeError) as e:
-            out.notes.append(Note(ex.flow_id, "response-body", f"response body is not JSON: {e}"))
-    if not call.context and call.reply and call.reply[0].role == AGENT:
-        call.opening = call.reply[0].text
-    out.calls.append(call)
-    return out
+    return SimulateRequest(out, sent)
 
 
 def decode_agent(ex: Exchange, agent_id: str) -> Decoded:
@@ -252,6 +273,15 @@ def decode_agent(ex: Exchange, agent_id: str) -> Decoded:
     if isinstance(first, str) and first:
         out.first_messages[agent_id] = first
     return out
+
+
+def decode_request(ex: Exchange, session_header: str = DEFAULTS.session_header,
+                   session_field: str = DEFAULTS.session_field) -> SimulateRequest | None:
+    """The call an HTTP request makes, decoded before its response exists (None: not a simulate call)."""
+    m = SIMULATE_RE.search(ex.path)
+    if m and ex.method == "POST":
+        return simulate_request(ex, m.group("agent"), bool(m.group("stream")), session_header, session_field)
+    return None
 
 
 def decode_exchange(ex: Exchange, session_header: str = DEFAULTS.session_header,

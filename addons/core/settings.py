@@ -19,7 +19,7 @@ class Settings:
     """Thresholds and session evidence settings (option ``sessiontap_<field>`` for each field)."""
 
     max_context_tokens: int = 8000
-    opening_similarity: float = 0.85
+    opening_similarity: float = 0.8  # Dice of character pairs (rules.similarity)
     session_gap: float = 600.0
     session_header: str = "x-session-id"
     session_field: str = ""
