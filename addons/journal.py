@@ -11,7 +11,6 @@ the error is logged once, writing stops, and ``failed`` holds the reason so that
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -124,8 +123,7 @@ class Journal:
             return
         if flow is not None:
             self.learn(flow)
-        line = {"event": event, "time": round(time.time(), 6), **bounded(self.redactor.json(payload))}
-        text = self.redactor.text(json.dumps(line, ensure_ascii=False, default=str))
+        text = self.redactor.dumps({"event": event, "time": round(time.time(), 6), **payload}, bounded)
         try:
             self.lines.write(text + "\n")
             self.lines.flush()

@@ -173,8 +173,10 @@ class Analyzer:
         (``SessionTracker`` without order in time, on a copy of the call), so look-alike
         conversations under one id are told apart by their lineage, connections and timing.
         """
-        tracker = self.thread_trackers.setdefault(
-            state.id, SessionTracker(self.settings.session_gap, self.hindsight.last_use, infer_order=False))
+        tracker = self.thread_trackers.get(state.id)
+        if tracker is None:  # made once a session: it copies last_use, one entry per connection
+            tracker = self.thread_trackers[state.id] = SessionTracker(self.settings.session_gap,
+                                                                       self.hindsight.last_use, infer_order=False)
         numbers = self.thread_numbers.setdefault(state.id, {})
         turns = rules.carried_context(call)[1]
         bare = replace(call, declared_session=None, session="", session_source="", session_evidence="",
@@ -348,7 +350,9 @@ def by_severity(findings: Iterable[Finding]) -> list[Finding]:
 def context_size(call: Call) -> dict[str, int]:
     """The size of a call's context: turns, characters and approximate tokens."""
     _, turns = rules.carried_context(call)
-    return {"turns": len(turns), "chars": sum(len(t.text) for t in turns), "tokens": approx_tokens(turns)}
+    chars = call.context_chars if turns is call.context and call.context_chars is not None else \
+        sum(len(t.text) for t in turns)
+    return {"turns": len(turns), "chars": chars, "tokens": approx_tokens(turns, chars)}
 
 
 @dataclass(slots=True)

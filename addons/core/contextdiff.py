@@ -16,9 +16,10 @@ CHARS_PER_TOKEN = 4  # the usual rough figure for English text
 _TEXT = attrgetter("text")
 
 
-def approx_tokens(turns: list[Turn]) -> int:
-    """An approximate token count for a context (characters / 4, rounded up)."""
-    chars = sum(map(len, map(_TEXT, turns)))  # map, not a generator: this runs once per call over the context
+def approx_tokens(turns: list[Turn], chars: int | None = None) -> int:
+    """An approximate token count for a context (characters / 4, rounded up); ``chars`` when already counted."""
+    if chars is None:
+        chars = sum(map(len, map(_TEXT, turns)))  # map, not a generator: this runs once per call over the context
     return -(-chars // CHARS_PER_TOKEN)
 
 

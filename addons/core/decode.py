@@ -320,6 +320,7 @@ class WsDecoder:
         self.first_message_override: str | None = None
         self.transcript: list[Turn] = []
         self.keys: list[int] = []  # the transcript's lineage hash after each of its turns
+        self.chars = 0  # the characters of the transcript's texts
         self.opening: str | None = None
         self.pending: Call | None = None
         self.turns = 0
@@ -339,6 +340,7 @@ class WsDecoder:
             user_text=text,
             context=list(self.transcript),
             context_key=self.keys[-1] if self.keys else None,
+            context_chars=self.chars,
             context_field=TRANSCRIPT_FIELD,
             declared_session=self.declared_session,
             user_id=self.user_id,
@@ -417,6 +419,7 @@ class WsDecoder:
                 and self.transcript[-1].role == AGENT:
                 replaced = self.transcript.pop()
                 self.keys.pop()
+                self.chars -= len(replaced.text)
                 self._append(Turn(AGENT, corrected, replaced.time))
 
     def _append(self, turn: Turn) -> None:
@@ -424,6 +427,7 @@ class WsDecoder:
         start = self.keys[-1] if self.keys else lineage_seed(WEBSOCKET, self.agent_id)
         self.transcript.append(turn)
         self.keys.append(fold_turns(start, (turn,)))
+        self.chars += len(turn.text)
 
     def _finish(self, reply: Turn | None, ts: float) -> Call:
         call = self.pending

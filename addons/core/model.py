@@ -129,6 +129,8 @@ class Call:
     # call kept it as it went (a socket's transcript grows by one turn a message): None, compute it.
     # Never written: Python's hash differs from one process to the next.
     context_key: int | None = field(default=None, compare=False, repr=False)
+    # The characters of ``context``'s texts, when whoever built it kept the count as it went (None: count them).
+    context_chars: int | None = field(default=None, compare=False, repr=False)
 
     @property
     def reply_text(self) -> str:
@@ -138,7 +140,7 @@ class Call:
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict of this call (turns as {role, text, time})."""
         out = asdict(self)
-        del out["context_key"]
+        del out["context_key"], out["context_chars"]
         return out
 
     @classmethod
@@ -147,7 +149,8 @@ class Call:
 
         Unknown keys are ignored; ValueError (TypeError, KeyError) when the essentials are not there.
         """
-        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__ and k != "context_key"}
+        kept = ("context_key", "context_chars")  # never written
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__ and k not in kept}
         known["reply"] = _turns(data.get("reply"))
         known["context"] = _turns(data.get("context", data.get("context_tail")))
         extra = data.get("extra_context")
@@ -288,4 +291,5 @@ class SessionState:
     latest_thread: int = 0
     resets: set[str] = field(default_factory=set)
     aggregates: dict[str, Finding] = field(default_factory=dict)
+    aggregated: dict[str, set[str]] = field(default_factory=dict)  # aggregate key -> its call and flow ids, to look up
     evidence: dict[str, int] = field(default_factory=dict)  # what placed its calls in it -> how many calls

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -56,15 +57,24 @@ class Redactor:
         # parameter name (a secret__ variable's name holds "secret"), or a pattern's fixed part.
         self.needles = tuple(sorted({n.encode() for n in self.keys | SECRET_PARAMS} | {b"sk_", b"bearer"}))
         self.seen_bytes: set[bytes] = set()
+        self.by_length: list[str] = []  # the seen values, longest first (a value inside another is masked after it)
 
     def _remember(self, value: str) -> None:
         value = value.strip()
         if len(value) >= MIN_SECRET_LEN and value != MASK:
-            self.seen.add(value)
-            self.seen_bytes.add(value.encode("utf-8", "surrogatepass"))
+            self._known(value)
             if value.lower().startswith("bearer "):
-                self.seen.add(value[7:].strip())
-                self.seen_bytes.add(value[7:].strip().encode("utf-8", "surrogatepass"))
+                self._known(value[7:].strip())
+
+    def _known(self, value: str) -> None:
+        if value in self.seen:
+            return
+        self.seen.add(value)
+        self.by_length = sorted(self.seen, key=len, reverse=True)
+        # As it may stand in raw bytes: plain, and escaped inside a JSON string (with and without
+        # ensure_ascii), so that the prefilter of may_hold_secret never misses it.
+        for form in (value, json.dumps(value)[1:-1], json.dumps(value, ensure_ascii=False)[1:-1]):
+            self.seen_bytes.add(form.encode("utf-8", "surrogatepass"))
 
     def may_hold_secret(self, raw: bytes) -> bool:
         """False only when ``body`` would return ``raw`` unchanged: no secret name, pattern or known value in it.
@@ -134,15 +144,36 @@ class Redactor:
             return [self.json(v) for v in obj]
         return obj
 
+    def _strings(self, obj: Any) -> Any:
+        """A copy of a JSON value with ``text`` applied to every string in it."""
+        if isinstance(obj, str):
+            return self.text(obj)
+        if isinstance(obj, dict):
+            return {k: self._strings(v) for k, v in obj.items()}
+        if isinstance(obj, list):
+            return [self._strings(v) for v in obj]
+        return obj
+
     def text(self, text: str) -> str:
         """Free text with every remembered secret value and secret-looking pattern masked."""
-        for value in sorted(self.seen, key=len, reverse=True):
+        for value in self.by_length:
             if value in text:
                 text = text.replace(value, MASK)
         for pattern, needles in PATTERNS:
             if any(n in text for n in needles):
                 text = pattern.sub(_mask_match, text)
         return text
+
+    def dumps(self, obj: Any, clip: Callable[[Any], Any] = lambda value: value) -> str:
+        """JSON text of ``obj`` (its texts passed through ``clip``) with every secret masked.
+
+        The same as ``text(json.dumps(clip(json(obj))))``, but when the plain text holds nothing
+        ``may_hold_secret`` looks for (nearly always), it is returned without walking ``obj``.
+        """
+        text = json.dumps(clip(obj), ensure_ascii=False, default=str)
+        if not self.may_hold_secret(text.encode("utf-8", "surrogatepass")):
+            return text
+        return self.text(json.dumps(clip(self.json(obj)), ensure_ascii=False, default=str))
 
     def body(self, raw: bytes | None) -> bytes | None:
         """A body with secrets masked: JSON is rewritten structurally, other text by value."""
@@ -157,10 +188,18 @@ class Redactor:
             clean = self.json(obj)
             rewritten = None if clean == obj else json.dumps(clean, ensure_ascii=False)
         except (ValueError, RecursionError):  # not JSON, or nested too deeply to walk: masked as text
-            rewritten = None
+            obj, rewritten = None, None
         if rewritten is None:
             red = self.text(text)
-            return raw if red == text else red.encode("utf-8", "backslashreplace")
+            if red != text:
+                return red.encode("utf-8", "backslashreplace")
+            if obj is None:
+                return raw
+            # A known value may stand escaped in the raw JSON ("\u00ef", "\""): look in the decoded strings.
+            strings = self._strings(obj)
+            if strings == obj:
+                return raw
+            return json.dumps(strings, ensure_ascii=False).encode("utf-8", "backslashreplace")
         return self.text(rewritten).encode("utf-8", "backslashreplace")
 
 

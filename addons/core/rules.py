@@ -147,9 +147,14 @@ def _aggregate(state: SessionState, key: str, call: Call, make: Finding) -> list
         state.aggregates[key] = found
         return [found]
     found.message, found.evidence = make.message, make.evidence  # the counts as of this call
-    if call.id not in found.call_ids:
+    ids = state.aggregated.get(key)
+    if ids is None:
+        ids = state.aggregated[key] = {*found.call_ids, *(f"flow:{f}" for f in found.flow_ids)}
+    if call.id not in ids:
+        ids.add(call.id)
         found.call_ids.append(call.id)
-        if call.flow_id not in found.flow_ids:
+        if f"flow:{call.flow_id}" not in ids:
+            ids.add(f"flow:{call.flow_id}")
             found.flow_ids.append(call.flow_id)
     return []
 
@@ -286,7 +291,7 @@ def context_oversize(j: Judged) -> list[Finding]:
     if call is None:
         return []
     name, turns = carried_context(call)
-    tokens = approx_tokens(turns)
+    tokens = approx_tokens(turns, call.context_chars if turns is call.context else None)
     if tokens <= limit:
         return []
     return _aggregate(j.state, f"context-oversize:{name}", call, _finding(

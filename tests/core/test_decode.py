@@ -170,7 +170,7 @@ def test_transcript_round_trip(pairs):
     assert [(t.role, t.text) for t in turns] == [(r.lower(), t.strip()) for r, t in pairs]
 
 
-def test_a_sockets_calls_carry_lineage_keys_equal_to_hashing_their_turns_again():
+def test_a_sockets_calls_carry_lineage_keys_and_sizes_equal_to_counting_their_turns_again():
     from sessiontap.core.sessions import prefix_hashes
 
     def frame(from_client: bool, obj: dict) -> WsMessage:
@@ -192,4 +192,6 @@ def test_a_sockets_calls_carry_lineage_keys_equal_to_hashing_their_turns_again()
         assert call.context_key == prefix_hashes(call.context, seed)[-1]
         assert call.carried_key() == prefix_hashes(call.carried_state(), seed)[-1]
         assert "context_key" not in call.to_json()  # a per-process hash is never written
+        assert call.context_chars == sum(len(t.text) for t in call.context)  # kept as it went, corrections too
+        assert "context_chars" not in call.to_json()
     assert any(t.text == "corrected 2" for t in calls[3].context)

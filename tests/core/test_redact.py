@@ -80,3 +80,31 @@ def test_the_quick_check_never_changes_what_a_body_becomes(value, as_text):
 def test_a_body_with_nothing_to_mask_is_returned_as_it_came():
     audio = json.dumps({"user_audio_chunk": "QUJD" * 250_000 + "=="}).encode()
     assert Redactor().body(audio) is audio
+
+
+@given(st.recursive(st.one_of(st.sampled_from(WORDS + ['say "pïn-42 ok"']), st.integers(), st.none()),
+                    lambda inner: st.one_of(st.lists(inner, max_size=4),
+                                            st.dictionaries(st.sampled_from(WORDS), inner, max_size=4)),
+                    max_leaves=12))
+@settings(max_examples=300, derandomize=True, deadline=None)
+def test_dumps_skips_the_walk_only_when_the_walk_would_change_nothing(value):
+    def clip(v):
+        return v[:12] if isinstance(v, str) else [clip(x) for x in v] if isinstance(v, list) else \
+            {k: clip(x) for k, x in v.items()} if isinstance(v, dict) else v
+
+    quick, full = Redactor(), Redactor()
+    for r in (quick, full):
+        r.body(b'{"token": "remembered-value-1", "secret__pin": "say \\"p\\u00efn-42 ok\\""}')
+    full.may_hold_secret = lambda raw: True  # type: ignore[method-assign]
+    assert quick.dumps({"v": value}, clip) == full.dumps({"v": value}, clip)
+    assert full.dumps({"v": value}, clip) == full.text(json.dumps(clip(full.json({"v": value})),
+                                                                   ensure_ascii=False))
+
+
+def test_a_known_value_is_found_however_a_json_body_escapes_it():
+    r = Redactor()
+    r.body('{"secret__pin": "say \\"pïn-42\\" ok"}'.encode())
+    for body in (json.dumps({"text": 'he said: say "pïn-42" ok'}), json.dumps({"text": 'say "pïn-42" ok'},
+                                                                               ensure_ascii=False)):
+        assert r.may_hold_secret(body.encode())
+        assert b"42" not in r.body(body.encode()), body
