@@ -15,9 +15,19 @@ from sessiontap.core.redact import Redactor
 
 
 def _headers(h: http.Headers | None) -> dict[str, str]:
+    """Lower-cased names to values, a repeated header's values joined by ", " (as ``Headers[name]`` gives them).
+
+    Read from the raw fields in one pass: ``Headers.items()`` looks each name up again, which is
+    quadratic in the headers and was the largest part of reading a capture.
+    """
+    out: dict[str, str] = {}
     if h is None:
-        return {}
-    return {k.lower(): v for k, v in h.items(multi=False)}
+        return out
+    for raw_name, raw_value in h.fields:
+        name = raw_name.decode("utf-8", "surrogateescape").lower()
+        value = raw_value.decode("utf-8", "surrogateescape")
+        out[name] = f"{out[name]}, {value}" if name in out else value
+    return out
 
 
 CLIENT_KEY = "client"  # in flow.metadata["sessiontap"]: the client as the live run named it

@@ -97,8 +97,11 @@ class Analysis:
 
 
     def code_causes(self) -> list[str]:
-        """Where in the client's code the context was lost, when every loss of a session came from one place."""
-        out = []
+        """Where in the client's code the context was lost, when every loss of a session came from one place.
+
+        One cause a place: sessions that lost it at the same line are counted, not listed.
+        """
+        places: dict[tuple[str, str], list[str]] = {}  # (what, where) -> the sessions
         by_session: dict[str, list[Finding]] = {}
         for f in self.findings:
             if f.rule == "context-reset" and f.severity == ERROR:
@@ -111,8 +114,9 @@ class Analysis:
                 continue
             socket = found[0].evidence.get("field") == TRANSCRIPT_FIELD
             what = "new conversation was opened" if socket else "call that lost the context was sent"
-            out.append(f"in {session} every {what} at {where(frames[0])}")
-        return out
+            places.setdefault((what, where(frames[0])), []).append(session)
+        return [f"in {sessions[0] if len(sessions) == 1 else count(len(sessions), 'session')} every {what} at {place}"
+                for (what, place), sessions in places.items()]
 
 
 # Error findings named in the verdict, most telling first (rule id -> how the verdict says it).

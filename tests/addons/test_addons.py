@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import subprocess
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from mitmproxy.test import taddons, tflow
 
 from sessiontap import tagger as tagger_module
@@ -127,3 +129,15 @@ async def test_undecodable_header_bytes_never_lose_a_flow(tmp_path):
     saved = read_capture(tmp_path).flows
     assert {f.id for f in saved} == {simulate.id, socket.id}
     assert saved[1].metadata["sessiontap"]["session"] == "\\udcff\\udcfe"  # the bytes, as escapes
+
+
+@given(st.lists(st.tuples(st.sampled_from([b"X-Id", b"x-id", b"Content-Type", b"XI-API-KEY", b"\xc3\xa9t\xc3\xa9"]),
+                          st.binary(max_size=8)), max_size=6))
+@settings(max_examples=200, derandomize=True, deadline=None)
+def test_headers_read_in_one_pass_are_what_mitmproxy_gives_name_by_name(fields):
+    from mitmproxy import http as mhttp
+
+    from sessiontap.bridge.adapt import _headers
+
+    headers = mhttp.Headers(fields)
+    assert _headers(headers) == {k.lower(): v for k, v in headers.items(multi=False)}

@@ -242,3 +242,18 @@ def test_500_turn_session_is_analysed():
     result = an.result()
     assert len(result.calls) == 500 and not result.has_errors
     assert len(result.diffs) == 499 and all(d.is_extension for d in result.diffs.values())
+
+
+def test_the_verdict_names_a_place_in_the_code_once_however_many_sessions_lost_the_context_there():
+    from sessiontap.core.analysis import Analysis
+    from sessiontap.core.model import Finding
+
+    def reset(session: str, line: int) -> Finding:
+        code = [{"file": "client.py", "line": line, "function": "send"}]
+        return Finding("context-reset", "error", session, [f"{session}-{line}"], "lost", {"code": code})
+
+    same = [reset(f"s{n}", 10) for n in range(5) for _ in range(2)]  # five sessions, each lost it twice at line 10
+    other = [reset("t", 20), reset("t", 20)]
+    causes = Analysis([], [], {}, same + other).code_causes()
+    assert causes == ["in 5 sessions every call that lost the context was sent at client.py:10 send",
+                      "in t every call that lost the context was sent at client.py:20 send"]
