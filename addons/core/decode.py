@@ -85,7 +85,7 @@ _SPEAKER_RE = re.compile(r"(?:^|(?<=\s))(User|Human|Customer|Agent|Assistant|AI|
 
 def turns_from_transcript(text: str) -> tuple[list[Turn], str]:
     """Split a "User: … Agent: …" string into turns; return them with the format found."""
-    marks = list(_SPEAKER_RE.finditer(text))
+    marks = list(_SPEAKER_RE.finditer(text)) if ":" in text else []  # the search is slow; most texts have no colon
     if not marks:
         return ([], FORMAT_EMPTY if not text.strip() else FORMAT_SUMMARY)
     turns = []

@@ -57,6 +57,7 @@ class Redactor:
         # parameter name (a secret__ variable's name holds "secret"), or a pattern's fixed part.
         self.needles = tuple(sorted({n.encode() for n in self.keys | SECRET_PARAMS} | {b"sk_", b"bearer"}))
         self.seen_bytes: set[bytes] = set()
+        self._last: tuple[bytes, int, bool] | None = None  # the last body checked, as many secrets known, the answer
         self.by_length: list[str] = []  # the seen values, longest first (a value inside another is masked after it)
 
     def _remember(self, value: str) -> None:
@@ -82,8 +83,13 @@ class Redactor:
         Substring searches in C, so that the bodies and frames with nothing to mask (nearly all)
         are not parsed and walked on the proxy's hot path.
         """
+        last = self._last
+        if last is not None and last[0] is raw and last[1] == len(self.seen_bytes):
+            return last[2]  # the same body again (the scrubber, then the journal): a big one costs a pass each
         low = raw.lower()
-        return any(n in low for n in self.needles) or any(v in raw for v in self.seen_bytes)
+        found = any(n in low for n in self.needles) or any(v in raw for v in self.seen_bytes)
+        self._last = (raw, len(self.seen_bytes), found)
+        return found
 
     def headers_(self, headers: dict[str, str]) -> dict[str, str]:
         """A copy of the headers with secret ones masked (and the WebSocket bearer subprotocol)."""

@@ -163,7 +163,9 @@ class SessionTracker:
         if first_user is None:
             return None
         hashes = prefix_hashes(call.context, (call.protocol, call.agent_id))
-        for k in range(len(hashes) - 1, first_user - 1, -1):
+        heads, asks = self.heads, self.asks
+        known = [k for k in range(first_user, len(hashes)) if hashes[k] in heads or hashes[k] in asks]
+        for k in reversed(known):  # longest first; prefixes no call left or sent are skipped
             h = hashes[k]
             sid = self._pick(self.heads.get(h, ()), h, call)
             if sid is None and k < len(hashes) - 1:  # an earlier request: only strictly extended
