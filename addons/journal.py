@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 
@@ -123,7 +122,10 @@ class Journal:
             return
         if flow is not None:
             self.learn(flow)
-        text = self.redactor.dumps({"event": event, "time": round(time.time(), 6), **payload}, bounded)
+        line = {"event": event, "time": round(time.time(), 6), **payload}
+        text = self.redactor.dumps(line)
+        if len(text) > LINE_TEXT:  # only then can one of its texts be too long to keep whole
+            text = self.redactor.dumps(line, bounded)
         try:
             self.lines.write(text + "\n")
             self.lines.flush()
@@ -135,9 +137,8 @@ class Journal:
 
         Only the tails are converted: a line costs the same at the 5,000th turn of a socket as at the first.
         """
-        tails = replace(call, context=call.context[-CONTEXT_TAIL:],
-                        extra_context={name: turns[-CONTEXT_TAIL:] for name, turns in call.extra_context.items()})
-        line = tails.to_json()
+        line = call.to_json(context=call.context[-CONTEXT_TAIL:],
+                            extra_context={name: turns[-CONTEXT_TAIL:] for name, turns in call.extra_context.items()})
         line["context_tail"] = line.pop("context")
         line["context_turns"] = len(call.context)
         self.record("call", line, flow)

@@ -47,7 +47,7 @@ def key_fingerprint(headers: dict[str, str]) -> str:
     return hashlib.sha256(key.encode("utf-8", "replace")).hexdigest()[:8] if key else ""
 
 
-def client_identity(flow: http.HTTPFlow, run: str = "") -> str:
+def client_identity(flow: http.HTTPFlow, run: str = "", headers: dict[str, str] | None = None) -> str:
     """Who made the flow: the name the live run gave it, else ``run``, else address + User-Agent + key fingerprint.
 
     The address is taken without its port: every new connection has a new port, and one client
@@ -59,30 +59,42 @@ def client_identity(flow: http.HTTPFlow, run: str = "") -> str:
     if run:
         return run
     peer = flow.client_conn.peername
-    headers = _headers(flow.request.headers)
+    headers = _headers(flow.request.headers) if headers is None else headers
     parts = [str(peer[0]) if peer else "", headers.get("user-agent", ""), key_fingerprint(headers)]
     return identifier(" ".join(p for p in parts if p)) or ""  # an undecodable User-Agent byte as its escape
+
+
+def _content(message: http.Message, headers: dict[str, str]) -> bytes | None:
+    """A message's body, decoded (``get_content(strict=False)``), with its headers already read."""
+    if message.raw_content is None or not headers.get("content-encoding"):
+        return message.raw_content  # each lookup in mitmproxy's Headers walks them all: one less a body
+    return message.get_content(strict=False)
 
 
 def exchange(flow: http.HTTPFlow) -> Exchange:
     """The core record of an HTTP flow (request, and response or error when present)."""
     req = flow.request
     resp = flow.response
+    request_headers = _headers(req.headers)
+    response_headers = _headers(resp.headers) if resp else {}
+    query: dict[str, str] = {}
+    for name, value in req.query.fields:
+        query.setdefault(name, value)  # a repeated parameter's first value, as ``query[name]`` gives it
     return Exchange(
         flow_id=flow.id,
         method=req.method,
         url=req.url,
         path=req.path.split("?", 1)[0],
-        query=dict(req.query.items(multi=False)),
-        request_headers=_headers(req.headers),
-        request_body=req.get_content(strict=False) or b"",
+        query=query,
+        request_headers=request_headers,
+        request_body=_content(req, request_headers) or b"",
         started=req.timestamp_start,
         status=resp.status_code if resp else None,
-        response_headers=_headers(resp.headers) if resp else {},
-        response_body=(resp.get_content(strict=False) if resp and resp.raw_content is not None else None),
+        response_headers=response_headers,
+        response_body=_content(resp, response_headers) if resp else None,
         ended=(resp.timestamp_end if resp else None) or (flow.error.timestamp if flow.error else None),
         error=flow.error.msg if flow.error else None,
-        client=client_identity(flow),
+        client=client_identity(flow, headers=request_headers),
         connection=connection(flow),
         code=frames_of(flow.metadata.get("sessiontap", {}).get(CODE_KEY)),
     )
@@ -102,7 +114,10 @@ def ws_message(msg: object) -> WsMessage:
 
 def redact_request(req: http.Request, redactor: Redactor) -> None:
     """Mask the secrets of a request in place: URL, headers and body."""
-    req.url = redactor.url(req.url)
+    url = req.url
+    masked = redactor.url(url)
+    if masked != url:
+        req.url = masked
     _redact_headers(req.headers, redactor)
     body = req.get_content(strict=False)
     red = redactor.body(body)
@@ -130,8 +145,9 @@ def redact_messages(messages: list[WebSocketMessage], redactor: Redactor) -> Non
 
 
 def _redact_headers(headers: http.Headers, redactor: Redactor) -> None:
-    for name, value in redactor.headers_(dict(headers.items(multi=False))).items():
-        if headers.get(name) != value:
+    current = _headers(headers)
+    for name, value in redactor.headers_(current).items():
+        if current[name] != value:
             headers[name] = value
 
 

@@ -137,10 +137,19 @@ class Call:
         """The agent's answer to this call: its first agent turn, or empty."""
         return next((t.text for t in self.reply if t.role == AGENT), "")
 
-    def to_json(self) -> dict[str, Any]:
-        """A JSON-ready dict of this call (turns as {role, text, time})."""
-        out = asdict(self)
-        del out["context_key"], out["context_chars"]
+    def to_json(self, context: list[Turn] | None = None,
+                extra_context: dict[str, list[Turn]] | None = None) -> dict[str, Any]:
+        """A JSON-ready dict of this call (turns as {role, text, time}), what ``asdict`` gives, built directly.
+
+        ``context`` and ``extra_context`` stand in for the call's own (a journal line keeps their tails).
+        """
+        out = {name: getattr(self, name) for name in _CALL_FIELDS}
+        out["reply"] = _turns_json(self.reply)
+        out["context"] = _turns_json(self.context if context is None else context)
+        extra = self.extra_context if extra_context is None else extra_context
+        out["extra_context"] = {name: _turns_json(turns) for name, turns in extra.items()}
+        out["context_formats"] = dict(self.context_formats)
+        out["code"] = [tuple(frame) for frame in self.code]
         return out
 
     @classmethod
@@ -212,6 +221,12 @@ class Call:
     def _replies(self) -> list[Turn]:
         return [t for t in self.reply if t.role == AGENT]
 
+
+_CALL_FIELDS = tuple(name for name in Call.__dataclass_fields__ if name not in ("context_key", "context_chars"))
+
+
+def _turns_json(turns: list[Turn]) -> list[dict[str, Any]]:
+    return [{"role": t.role, "text": t.text, "time": t.time} for t in turns]
 
 def _turns(value: Any) -> list[Turn]:
     """Turns from their JSON dicts ({role, text, time}); anything else is left out."""

@@ -195,3 +195,20 @@ def test_a_sockets_calls_carry_lineage_keys_and_sizes_equal_to_counting_their_tu
         assert call.context_chars == sum(len(t.text) for t in call.context)  # kept as it went, corrections too
         assert "context_chars" not in call.to_json()
     assert any(t.text == "corrected 2" for t in calls[3].context)
+
+
+def test_a_calls_json_is_what_asdict_gives_without_the_per_process_fields():
+    from dataclasses import asdict
+
+    from sessiontap.core.model import Call, Turn
+
+    call = Call("c1", "f1", "http", "simulate", "a1", 1.0, 2.0, "hi", reply=[Turn("agent", "hello", 3.0)],
+                context=[Turn("user", "x"), Turn("agent", "y", 1.5)], extra_context={"conversation_context": [
+                    Turn("context", "summary")]}, context_formats={"h": "turns"}, code=[("a.py", 3, "send")],
+                context_key=42, context_chars=2)
+    expected = asdict(call)
+    del expected["context_key"], expected["context_chars"]
+    assert call.to_json() == expected
+    tail = call.to_json(context=call.context[-1:], extra_context={})
+    assert tail["context"] == expected["context"][-1:] and tail["extra_context"] == {}
+    assert Call.from_json(call.to_json()) == call
