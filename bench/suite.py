@@ -222,11 +222,11 @@ def ratio(a: float | None, b: float | None) -> float | None:
     return a / b
 
 
-def fmt(v: float | None, ratio_: bool = False) -> str:
+def fmt(v: float | None, ratio_: bool = False, digits: int = 2) -> str:
     if v is None or math.isnan(v):
         return "n/a"
     if ratio_:
-        return f"{v:.2f}"
+        return f"{v:.{digits}f}"
     if abs(v) >= 1000:
         return f"{v:,.0f}"
     return f"{v:.1f}" if abs(v) >= 100 else f"{v:.2f}"
@@ -1095,7 +1095,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
         growth = row["key"].startswith("growth_")
         met = {True: "yes", False: "**no**", None: ""}[row["met"]]
         lines.append(f"| {row['scenario']} | {row['metric']} | {fmt(row['direct'])} | {fmt(row['mitmdump'])} | "
-                     f"{fmt(row['sessiontap'], growth)} | {fmt(row['st_direct'], True)} | "
+                     f"{fmt(row['sessiontap'], growth, 3)} | {fmt(row['st_direct'], True)} | "
                      f"{fmt(row['st_mitmdump'], True)} | {fmt(row['md_direct'], True)} | {row['target'] or '—'} | "
                      f"{met} |")
     return "\n".join(lines)

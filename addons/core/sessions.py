@@ -115,8 +115,9 @@ class SessionTracker:
         self.concurrent = frozenset(concurrent)  # clients that ever had two calls in flight at once (offline)
         self.sessions: dict[str, _SessionState] = {}
         self.by_server_conversation: dict[str, str] = {}
-        self.heads: dict[int, list[str]] = {}  # hash of (context + reply) a call left -> sessions
-        self.asks: dict[int, list[str]] = {}  # hash of the context a call sent -> sessions
+        self.heads: dict[int, dict[str, None]] = {}  # hash of (context + reply) a call left -> sessions (in order)
+        self.asks: dict[int, dict[str, None]] = {}  # hash of the context a call sent -> sessions (in order)
+        self.now: dict[int, dict[str, None]] = {}  # a hash -> the sessions whose latest completed call left it
         self.failed: dict[str, str] = {}  # request digest of a retryable failure -> its session
         self.spans: dict[str, dict[str, list[float | None]]] = {}  # client -> call id -> [started, ended]
         self._counter = 0
@@ -142,11 +143,20 @@ class SessionTracker:
         return f"session-{self._counter}"
 
     # -- evidence --------------------------------------------------------------------------------
-    def _pick(self, ids: Iterable[str], key: int, call: Call) -> str | None:
-        """The idle session among ``ids`` that best continues ``call``: at that very point, same connection."""
+    def _pick(self, ids: dict[str, None], key: int, call: Call) -> str | None:
+        """The idle session among ``ids`` that best continues ``call``: at that very point, same connection.
+
+        Those whose latest call left ``key`` rank first, so they are looked at first, and alone when
+        one of them is idle: identical scripted conversations share their hashes, and scanning every
+        session that ever left one made the analysis quadratic in sessions.
+        """
+        latest = [sid for sid in self.now.get(key, ()) if sid in ids]
+        return (self._best(latest, key, call) if latest else None) or self._best(ids, key, call)
+
+    def _best(self, ids: Iterable[str], key: int, call: Call) -> str | None:
         best: tuple[bool, bool, float] | None = None
         found = None
-        for sid in dict.fromkeys(ids):
+        for sid in ids:
             s = self.sessions.get(sid)
             if s is None or not s.idle_at(call.started):
                 continue
@@ -167,9 +177,9 @@ class SessionTracker:
         known = [k for k in range(first_user, len(hashes)) if hashes[k] in heads or hashes[k] in asks]
         for k in reversed(known):  # longest first; prefixes no call left or sent are skipped
             h = hashes[k]
-            sid = self._pick(self.heads.get(h, ()), h, call)
+            sid = self._pick(self.heads.get(h, {}), h, call)
             if sid is None and k < len(hashes) - 1:  # an earlier request: only strictly extended
-                sid = self._pick(self.asks.get(h, ()), h, call)
+                sid = self._pick(self.asks.get(h, {}), h, call)
             if sid is not None:
                 return sid
         return None
@@ -258,13 +268,17 @@ class SessionTracker:
         after = call.carried_key()
         if after is not None:
             keys.append(after)
-            self.heads.setdefault(after, []).append(call.session)
+            self.heads.setdefault(after, {})[call.session] = None
         if call.context:
             asked = call.context_key
             keys.append(asked if asked is not None else prefix_hashes(call.context, (call.protocol, call.agent_id))[-1])
-            self.asks.setdefault(keys[-1], []).append(call.session)
+            self.asks.setdefault(keys[-1], {})[call.session] = None
         if state.head is not None and state.head.id == call.id:  # live, the completed call is a new record
+            for old in state.head_keys:
+                self.now.get(old, {}).pop(call.session, None)
             state.head, state.head_keys = call, tuple(keys)
+            for new in keys:
+                self.now.setdefault(new, {})[call.session] = None
         if call.protocol == HTTP and call.request_digest and call.failed_retryably:
             self.failed[call.request_digest] = call.session
         else:
