@@ -129,11 +129,11 @@ class Sizes:
 FULL = Sizes(http1=300, http8=100, ws={"ws-100": 100, "ws-1000": 1000, "ws-5000": 5000}, voice=5000, flood=20_000,
              reconnect=100, stall_runs=2, stall_base=50, stream=20, rss_voice=100_000, rss_http=10_000,
              offline=("1k", "10k", "100k"))
-QUICK = Sizes(http1=60, http8=20, ws={"ws-100": 100, "ws-1000": 1000}, voice=500, flood=2000, reconnect=20,
+QUICK = Sizes(http1=60, http8=20, ws={"ws-100": 100, "ws-1000": 1000}, voice=250, flood=2000, reconnect=20,
               stall_runs=1, stall_base=30, stream=5, rss_voice=5000, rss_http=1000, offline=("1k",))
 QUICK_CHANGES = [
     "ws-5000 skipped (the ws growth summary compares ws-1000 with ws-100)",
-    "voice 500 frames (10 turns), flood 2,000 frames, reconnect 20, http-1 60, http-8 8x20",
+    "voice 250 frames (5 turns), flood 2,000 frames, reconnect 20, http-1 60, http-8 8x20",
     "stall-20mb: one transfer a round instead of two",
     "rss: 5,000 socket messages and 1,000 HTTP calls instead of 100,000 and 10,000",
     "offline: the 1k capture only (10k and 100k skipped)",
