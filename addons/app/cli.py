@@ -158,6 +158,17 @@ def _write_report(analysis: Analysis, capture: Path, out: Path, settings: Settin
     say(f"sessiontap: open {path.resolve().as_uri()}")
 
 
+REPORT_NOTICE_CALLS = 2000  # from this many calls on, say that report.html is being written: it takes a while
+
+
+def report_notice(calls: int) -> str | None:
+    """What to print before writing a long run's report.html (None for a short one)."""
+    if calls < REPORT_NOTICE_CALLS:
+        return None
+    return (f"sessiontap: writing report.html for {calls:,} calls (flows.mitm is read again: "
+            "about 15 s per 10,000 calls on 2 CPUs)")
+
+
 def _finish(result: RecordResult, settings: dict[str, Any]) -> None:
     """Write the report, print the end-of-run summary and exit with the run's code."""
     from sessiontap.core.settings import Settings
@@ -165,6 +176,9 @@ def _finish(result: RecordResult, settings: dict[str, Any]) -> None:
     say(f"sessiontap: {result.verdict}")
     say(f"sessiontap: written to {result.out}")
     if result.analysis is not None and result.out:
+        notice = report_notice(len(result.analysis.calls))
+        if notice:
+            say(notice)
         try:
             _write_report(result.analysis, Path(result.out), Path(result.out), Settings.from_options(settings),
                           redactor=result.redactor)

@@ -97,3 +97,11 @@ def test_addon_path_names_the_chain_script_of_this_install():
     path = Path(result.output.strip())
     assert result.exit_code == 0 and path.name == "sessiontap.py" and path.is_file()
     assert "def chain() -> Chain:" in path.read_text()
+
+
+def test_a_long_run_says_that_its_report_is_being_written_and_a_short_one_does_not():
+    from sessiontap.app.cli import REPORT_NOTICE_CALLS, report_notice
+
+    assert report_notice(REPORT_NOTICE_CALLS - 1) is None
+    notice = report_notice(58_734)
+    assert notice is not None and "58,734 calls" in notice and "report.html" in notice
