@@ -1,8 +1,9 @@
 """The journal: ``journal.jsonl`` and ``flows.mitm`` written, redacted and flushed, as flows complete.
 
-Calls are journaled and flows saved once they have been forwarded (through the chain's backlog),
-so writing adds nothing to a message's latency. A saved flow has been sent in full, so its
-secrets are masked in the flow itself, as the scrubber would mask them, before it is written.
+A call's line is written before its last message is forwarded (a kill then loses no turn the
+client saw); a flow is saved once it has been forwarded, through the chain's backlog, so the
+bigger write adds nothing to a message's latency. What of it has surely been sent is masked in
+the flow itself, as the scrubber would mask it, and the rest on a copy (``adapt.sent_state``).
 
 Write-failure policy: traffic always flows. When a write fails (disk full, directory gone)
 the error is logged once, writing stops, and ``failed`` holds the reason so that
@@ -186,7 +187,7 @@ class Journal:
         if flow.websocket is None:  # saved now: the endings addon replaces the error when it kills the flow
             self.learn(flow)
             self.learned.pop(flow.id, None)
-            self._save(flow)  # (not draining the backlog first: other connections' messages may not have gone)
+            self._save(flow)
 
     @guarded
     def websocket_end(self, flow: http.HTTPFlow) -> None:

@@ -191,10 +191,10 @@ def sent_state(flow: http.HTTPFlow, redactor: Redactor) -> dict[str, Any]:
 
 
 def _holds_secret(resp: http.Response, redactor: Redactor) -> bool:
-    headers = dict(resp.headers.items(multi=False))
+    headers = _headers(resp.headers)
     if redactor.headers_(headers) != headers:
         return True
-    return resp.raw_content is not None and redactor.may_hold_secret(resp.get_content(strict=False) or b"")
+    return redactor.may_hold_secret(_content(resp, headers) or b"")
 
 
 def redacted_copy(flow: http.HTTPFlow, redactor: Redactor) -> http.HTTPFlow:

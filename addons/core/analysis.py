@@ -14,7 +14,7 @@ from typing import Any
 
 from sessiontap.core import rules
 from sessiontap.core.code import frames_of, where
-from sessiontap.core.contextdiff import ContextDiff, approx_tokens, diff
+from sessiontap.core.contextdiff import ContextDiff, diff, tokens_of
 from sessiontap.core.decode import TRANSCRIPT_FIELD
 from sessiontap.core.model import Call, Closing, Finding, Note, ServerConversation, SessionState
 from sessiontap.core.rules import ERROR, INFO, WARNING
@@ -354,9 +354,8 @@ def by_severity(findings: Iterable[Finding]) -> list[Finding]:
 def context_size(call: Call) -> dict[str, int]:
     """The size of a call's context: turns, characters and approximate tokens."""
     _, turns = rules.carried_context(call)
-    chars = call.context_chars if turns is call.context and call.context_chars is not None else \
-        sum(len(t.text) for t in turns)
-    return {"turns": len(turns), "chars": chars, "tokens": approx_tokens(turns, chars)}
+    chars = call.chars_of(turns)
+    return {"turns": len(turns), "chars": chars, "tokens": tokens_of(chars)}
 
 
 @dataclass(slots=True)

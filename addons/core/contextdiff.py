@@ -8,18 +8,14 @@ and role are "changed"; the rest are "dropped" (only in old) or "added" (only in
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from operator import attrgetter
 
 from sessiontap.core.model import Turn
 
 CHARS_PER_TOKEN = 4  # the usual rough figure for English text
-_TEXT = attrgetter("text")
 
 
-def approx_tokens(turns: list[Turn], chars: int | None = None) -> int:
-    """An approximate token count for a context (characters / 4, rounded up); ``chars`` when already counted."""
-    if chars is None:
-        chars = sum(map(len, map(_TEXT, turns)))  # map, not a generator: this runs once per call over the context
+def tokens_of(chars: int) -> int:
+    """Approximate tokens in so many characters (/ 4, rounded up)."""
     return -(-chars // CHARS_PER_TOKEN)
 
 

@@ -132,6 +132,12 @@ class Call:
     # The characters of ``context``'s texts, when whoever built it kept the count as it went (None: count them).
     context_chars: int | None = field(default=None, compare=False, repr=False)
 
+    def chars_of(self, turns: list[Turn]) -> int:
+        """The characters of ``turns``' texts: ``context_chars`` when they are the context and it was kept."""
+        if turns is self.context and self.context_chars is not None:
+            return self.context_chars
+        return sum(len(t.text) for t in turns)
+
     @property
     def reply_text(self) -> str:
         """The agent's answer to this call: its first agent turn, or empty."""
@@ -228,6 +234,7 @@ _CALL_FIELDS = tuple(name for name in Call.__dataclass_fields__ if name not in (
 def _turns_json(turns: list[Turn]) -> list[dict[str, Any]]:
     return [{"role": t.role, "text": t.text, "time": t.time} for t in turns]
 
+
 def _turns(value: Any) -> list[Turn]:
     """Turns from their JSON dicts ({role, text, time}); anything else is left out."""
     if not isinstance(value, list):
@@ -306,5 +313,6 @@ class SessionState:
     latest_thread: int = 0
     resets: set[str] = field(default_factory=set)
     aggregates: dict[str, Finding] = field(default_factory=dict)
-    aggregated: dict[str, set[str]] = field(default_factory=dict)  # aggregate key -> its call and flow ids, to look up
+    # aggregate key -> the call ids and the flow ids of its finding, as sets to look them up
+    aggregated: dict[str, tuple[set[str], set[str]]] = field(default_factory=dict)
     evidence: dict[str, int] = field(default_factory=dict)  # what placed its calls in it -> how many calls

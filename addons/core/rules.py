@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from sessiontap.core.code import as_json, place, where
-from sessiontap.core.contextdiff import approx_tokens, diff
+from sessiontap.core.contextdiff import diff, tokens_of
 from sessiontap.core.decode import FORMAT_FLAT, FORMAT_SUMMARY, HISTORY_FIELD
 from sessiontap.core.model import AGENT, USER, WEBSOCKET, Call, Closing, Finding, Note, SessionState, Turn
 from sessiontap.core.settings import DEFAULTS, Settings
@@ -147,14 +147,14 @@ def _aggregate(state: SessionState, key: str, call: Call, make: Finding) -> list
         state.aggregates[key] = found
         return [found]
     found.message, found.evidence = make.message, make.evidence  # the counts as of this call
-    ids = state.aggregated.get(key)
-    if ids is None:
-        ids = state.aggregated[key] = {*found.call_ids, *(f"flow:{f}" for f in found.flow_ids)}
-    if call.id not in ids:
-        ids.add(call.id)
+    if key not in state.aggregated:
+        state.aggregated[key] = (set(found.call_ids), set(found.flow_ids))
+    call_ids, flow_ids = state.aggregated[key]
+    if call.id not in call_ids:
+        call_ids.add(call.id)
         found.call_ids.append(call.id)
-        if f"flow:{call.flow_id}" not in ids:
-            ids.add(f"flow:{call.flow_id}")
+        if call.flow_id not in flow_ids:
+            flow_ids.add(call.flow_id)
             found.flow_ids.append(call.flow_id)
     return []
 
@@ -291,7 +291,7 @@ def context_oversize(j: Judged) -> list[Finding]:
     if call is None:
         return []
     name, turns = carried_context(call)
-    tokens = approx_tokens(turns, call.context_chars if turns is call.context else None)
+    tokens = tokens_of(call.chars_of(turns))
     if tokens <= limit:
         return []
     return _aggregate(j.state, f"context-oversize:{name}", call, _finding(

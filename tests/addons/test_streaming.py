@@ -94,3 +94,53 @@ def test_with_streaming_off_the_reply_is_held_until_complete(sessiontap, tmp_pat
     proxied = _result(run.stdout)
     assert _spread(proxied) < LATENCY / 3, proxied["chunks"]  # one burst at the end
     assert len(run.calls()) == 1
+
+
+# Clients we did not write: the official SDK (it reads the whole stream, then returns None) and curl -N.
+SDK_CLIENT = r"""
+import os
+from elevenlabs import ElevenLabs
+client = ElevenLabs(base_url=os.environ["ELEVENLABS_BASE_URL"], api_key="sk_test_stream_sdk")
+client.conversational_ai.agents.simulate_conversation_stream(
+    "agent_customs_demo", new_turns_limit=4,
+    simulation_specification={"simulated_user_config": {"first_message": "Hi"}, "partial_conversation_history": [
+        {"role": "user", "message": "Classify a ceramic mug", "time_in_call_secs": 0}]})
+print("SDK done")
+"""
+CURL = ("curl -sN -o \"$OUT\" -w 'first=%{time_starttransfer} total=%{time_total}' -H 'xi-api-key: sk_test_curl' "
+        "-H 'content-type: application/json' --data '{\"simulation_specification\": {\"simulated_user_config\": "
+        "{\"first_message\": \"Hi\"}, \"partial_conversation_history\": [{\"role\": \"user\", \"message\": "
+        "\"Classify a ceramic mug\", \"time_in_call_secs\": 0}]}, \"new_turns_limit\": 4}' "
+        "\"$ELEVENLABS_BASE_URL/v1/convai/agents/agent_customs_demo/simulate-conversation/stream\"")
+
+
+def _recorded(run) -> tuple[list[dict], list]:
+    with open(run.out / "flows.mitm", "rb") as f:
+        return run.calls(), list(mio.FlowReader(f).stream())
+
+
+@pytest.mark.parametrize(("framing", "echo"), [("ndjson", False), ("sse", False), ("sse", True)])
+def test_the_official_sdk_streaming_with_no_session_id_is_one_decoded_call(framing, echo, sessiontap):
+    with running_simulator(stream_framing=framing, history_echo=echo) as sim:
+        run = sessiontap("record", "--mode", "reverse", "--upstream", sim.url, "--", sys.executable, "-c", SDK_CLIENT)
+    assert run.code == 0 and "SDK done" in run.stdout, run.stderr
+    calls, flows = _recorded(run)
+    assert len(calls) == 1 and calls[0]["status"] == 200 and calls[0]["endpoint"] == "simulate-stream"
+    assert calls[0]["declared_session"] is None
+    assert calls[0]["reply"] and calls[0]["reply"][0]["text"] != "Classify a ceramic mug"  # the echo is not a reply
+    assert flows[0].metadata.get("sessiontap.streamed") is True and flows[0].response.content
+
+
+@pytest.mark.parametrize("framing", ["ndjson", "sse"])
+def test_curl_gets_the_first_bytes_of_a_stream_before_its_end_and_the_capture_keeps_them_all(framing, sessiontap,
+                                                                                              tmp_path):
+    got = tmp_path / "curl.out"
+    with running_simulator(faults=Faults(latency=LATENCY), stream_framing=framing) as sim:
+        run = sessiontap("record", "--mode", "reverse", "--upstream", sim.url, "--", "sh", "-c", CURL,
+                         env={"OUT": str(got)})
+    assert run.code == 0, run.stderr
+    timing = dict(part.split("=") for part in run.stdout.split() if part.startswith(("first=", "total=")))
+    assert float(timing["total"]) - float(timing["first"]) >= 0.8 * LATENCY, timing  # streamed, not held
+    calls, flows = _recorded(run)
+    assert len(calls) == 1 and calls[0]["reply"], calls
+    assert flows[0].response.content == got.read_bytes()
