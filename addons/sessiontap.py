@@ -49,6 +49,7 @@ class Chain:
         self.journal = Journal(self.backlog)
         self.findings = Findings(self.journal, self.journal.redactor, self.backlog)
         self.tagger = SessionTagger(listeners=[self.findings, self.journal])
+        self.tagger.prework.append(self.journal.redactor.may_hold_secret)  # a big body checked in its worker
         self.audio = AudioSummary()
         self.endings = AbnormalEndings()  # after the journal, which records the upstream's own error
         self.scrubber = Scrubber(self.journal.redactor)  # last: the others see flows as sent

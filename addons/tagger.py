@@ -3,25 +3,28 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Coroutine
+from functools import partial
 from typing import IO, Any, ClassVar, Protocol
 
 from mitmproxy import ctx, http
 from mitmproxy.addonmanager import Loader
 
 from sessiontap.bridge import adapt
-from sessiontap.bridge.guard import guarded
+from sessiontap.bridge.guard import guarded, in_thread
 from sessiontap.bridge.options import Check, check_updated
 from sessiontap.core.code import CodeTrace, Frame, frames_of
 from sessiontap.core.decode import Decoded, SimulateRequest, WsDecoder, decode_exchange, decode_request
-from sessiontap.core.model import Call, Closing, Note
+from sessiontap.core.model import Call, Closing, Exchange, Note
 from sessiontap.core.protocol import header, identifier, is_conversational, is_websocket_path
-from sessiontap.core.sessions import SessionTracker
+from sessiontap.core.sessions import SessionTracker, work_out_keys
 from sessiontap.core.settings import DEFAULTS, check_session_gap
 
 log = logging.getLogger("sessiontap")
 
 TAG_HEADER = "X-Sessiontap-Session"
 META_KEY = "sessiontap"
+BIG_BODY = 1 << 20  # bytes from which a body is decoded in a worker thread, off the event loop
 
 
 class Listener(Protocol):
@@ -48,6 +51,9 @@ class SessionTagger:
         self.listeners: list[Listener] = list(listeners or [])  # in order: findings, then the journal
         self.code = CodeTrace()
         self.trace: IO[bytes] | None = None
+        # What else reads a big body, done with its decoding in the worker thread (the secret check that
+        # the scrubber and the journal then find answered): pure functions of the body.
+        self.prework: list[Callable[[bytes], object]] = []
 
     def load(self, loader: Loader) -> None:
         loader.add_option(
@@ -86,6 +92,7 @@ class SessionTagger:
             if not call.session:
                 self.tracker.assign(call)
             self.tracker.complete(call)
+            call.prefix_keys = None  # worked out ahead for the tracker, which is done with them
             meta = flow.metadata.setdefault(META_KEY, {})
             meta.update(session=call.session, session_source=call.session_source)
             meta.setdefault("calls", []).append(call.id)
@@ -136,9 +143,9 @@ class SessionTagger:
 
     # -- hooks ----------------------------------------------------------------------------
     @guarded
-    def request(self, flow: http.HTTPFlow) -> None:
+    def request(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
         if not flow.live or not is_conversational(flow.request.path.split("?", 1)[0]):
-            return
+            return None
         client = adapt.client_identity(flow, ctx.options.sessiontap_client)
         meta: dict[str, Any] = {adapt.CLIENT_KEY: client}
         code = self._code(flow)
@@ -150,9 +157,25 @@ class SessionTagger:
             sid = declared or f"ws-{flow.id[:8]}"
             flow.request.headers[TAG_HEADER] = sid
             flow.metadata[META_KEY] = {"session": sid, "session_source": "client" if declared else "", **meta}
-            return
+            return None
         flow.metadata[META_KEY] = meta
-        started = decode_request(adapt.exchange(flow), *self._options())
+        exchange = adapt.exchange(flow)
+        work = partial(self._decode_request, exchange, *self._options())
+        if len(exchange.request_body) >= BIG_BODY:
+            return in_thread(self, "request", flow, work, partial(self._requested, flow))
+        self._requested(flow, work())
+        return None
+
+    def _decode_request(self, exchange: Exchange, header: str, field: str) -> SimulateRequest | None:
+        """The request's call, decoded (pure: a big body's runs in a worker thread)."""
+        started = decode_request(exchange, header, field)
+        if len(exchange.request_body) >= BIG_BODY:
+            if started is not None:
+                work_out_keys(started.decoded.calls[0])
+            self._prework(exchange.request_body)
+        return started
+
+    def _requested(self, flow: http.HTTPFlow, started: SimulateRequest | None) -> None:
         if started is None:
             return
         call = started.decoded.calls[0]
@@ -161,10 +184,15 @@ class SessionTagger:
         flow.request.headers[TAG_HEADER] = call.session
         flow.metadata[META_KEY].update(session=call.session, session_source=call.session_source)
 
+    def _prework(self, body: bytes | None) -> None:
+        if body:
+            for fn in self.prework:
+                fn(body)
+
     @guarded
-    def response(self, flow: http.HTTPFlow) -> None:
+    def response(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
         if not flow.live or flow.response is None:
-            return
+            return None
         if flow.websocket is not None:
             self.sockets[flow.id] = WsDecoder(
                 flow.id, flow.request.url, adapt.request_headers(flow), flow.request.timestamp_start,
@@ -172,11 +200,32 @@ class SessionTagger:
                 frames_of(flow.metadata.get(META_KEY, {}).get(adapt.CODE_KEY)),
             )
             flow.response.headers[TAG_HEADER] = flow.metadata.get(META_KEY, {}).get("session", "")
-            return
+            return None
         started = self.pending.pop(flow.id, None)  # its request was decoded when it was sent: parsed once
         exchange = adapt.exchange(flow)
-        found = started.answered(exchange) if started is not None else decode_exchange(exchange, *self._options())
+        work = partial(self._decode_response, started, exchange, *self._options())
+        if len(exchange.response_body or b"") >= BIG_BODY or (started is None
+                                                            and len(exchange.request_body) >= BIG_BODY):
+            return in_thread(self, "response", flow, work, partial(self._responded, flow, started))
+        self._responded(flow, started, work())
+        return None
+
+    def _decode_response(self, started: SimulateRequest | None, exchange: Exchange, header: str,
+                         field: str) -> Decoded:
+        """The call completed with its response (pure: a big body's runs in a worker thread)."""
         if started is not None:
+            found = started.answered(exchange)
+        else:
+            found = decode_exchange(exchange, header, field)
+            if len(exchange.request_body) >= BIG_BODY:
+                for call in found.calls:
+                    work_out_keys(call)
+        if len(exchange.response_body or b"") >= BIG_BODY:
+            self._prework(exchange.response_body)
+        return found
+
+    def _responded(self, flow: http.HTTPFlow, started: SimulateRequest | None, found: Decoded) -> None:
+        if started is not None and flow.response is not None:
             flow.response.headers[TAG_HEADER] = started.decoded.calls[0].session
         self._emit(flow, found)
 

@@ -20,7 +20,7 @@ from markupsafe import Markup
 from sessiontap.core.analysis import Analysis, context_size
 from sessiontap.core.code import where
 from sessiontap.core.contextdiff import ContextDiff, diff
-from sessiontap.core.model import HTTP, WEBSOCKET, Call, Finding, FlowRecord, SessionState, Turn, WsMessage
+from sessiontap.core.model import HTTP, WEBSOCKET, Call, Finding, FlowRecord, SessionState, Turn, Turns, WsMessage
 from sessiontap.core.protocol import frame_type, loads, parse_frame
 from sessiontap.core.rules import ERROR, INFO, RULES, WARNING, carried_context
 from sessiontap.core.settings import DEFAULTS
@@ -324,7 +324,7 @@ def _kept(turns: list[Turn], at_start: bool) -> list[DiffLine]:
     return [_line("same", t) for t in turns[:FOLD_KEEP]] + [DiffLine("fold", count=len(turns) - FOLD_KEEP)]
 
 
-def diff_lines(old: list[Turn], new: list[Turn], d: ContextDiff) -> list[DiffLine]:
+def diff_lines(old: Turns, new: Turns, d: ContextDiff) -> list[DiffLine]:
     """The diff as lines, like a code diff: kept turns folded, dropped, changed and added turns marked."""
     lines = _kept(new[: d.prefix], at_start=True)
     for a, b in d.changed:

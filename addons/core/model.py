@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
-from typing import Any
+from itertools import islice
+from typing import Any, overload
 
 USER = "user"
 AGENT = "agent"
@@ -46,6 +47,59 @@ class Turn:
     def key(self) -> tuple[str, str]:
         """The identity used to compare turns: role and whitespace-folded text."""
         return (self.role, fold_space(self.text))
+
+
+class TurnsSoFar(Sequence[Turn]):
+    """The first ``n`` turns of a transcript that only grows at its end: a socket call's context, uncopied.
+
+    Every call of a socket refers to the one transcript list; a copy per call would hold n² turns
+    over a long conversation. Only turns past ``n`` may change later (an agent correction replaces
+    the newest turn, which no earlier call's context includes).
+    """
+
+    __slots__ = ("_log", "_n")
+
+    def __init__(self, log: list[Turn], n: int) -> None:
+        self._log = log
+        self._n = n
+
+    def __len__(self) -> int:
+        return self._n
+
+    @overload
+    def __getitem__(self, i: int) -> Turn: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[Turn]: ...
+    def __getitem__(self, i: int | slice) -> Turn | list[Turn]:
+        if isinstance(i, slice):
+            return self._log[slice(*i.indices(self._n))]
+        if not -self._n <= i < self._n:
+            raise IndexError("turn index out of range")
+        return self._log[i % self._n]
+
+    def __iter__(self) -> Iterator[Turn]:
+        return islice(self._log, self._n)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, TurnsSoFar) and other._log is self._log:
+            return other._n == self._n
+        if isinstance(other, Sequence) and not isinstance(other, str | bytes):
+            return len(other) == self._n and all(a == b for a, b in zip(self, other, strict=True))
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # equal to lists, which are unhashable too
+
+    def __repr__(self) -> str:
+        return f"TurnsSoFar({list(self)!r})"
+
+    def starts(self, other: Sequence[Turn]) -> bool:
+        """True when ``other`` is this prefix's own start (cheap when it is a prefix of the same transcript)."""
+        if isinstance(other, TurnsSoFar) and other._log is self._log:
+            return other._n <= self._n
+        return len(other) <= self._n and self[: len(other)] == (other if isinstance(other, list) else list(other))
+
+
+type Turns = list[Turn] | TurnsSoFar  # a context: its own list, or a prefix of a socket's transcript
 
 
 @dataclass(slots=True)
@@ -103,7 +157,7 @@ class Call:
     ended: float | None = None
     user_text: str | None = None
     reply: list[Turn] = field(default_factory=list)
-    context: list[Turn] = field(default_factory=list)
+    context: Turns = field(default_factory=list)  # a socket's is a TurnsSoFar of its transcript
     context_field: str = ""
     extra_context: dict[str, list[Turn]] = field(default_factory=dict)
     context_formats: dict[str, str] = field(default_factory=dict)
@@ -131,8 +185,11 @@ class Call:
     context_key: int | None = field(default=None, compare=False, repr=False)
     # The characters of ``context``'s texts, when whoever built it kept the count as it went (None: count them).
     context_chars: int | None = field(default=None, compare=False, repr=False)
+    # The lineage hash of each prefix of ``context`` (``prefix_hashes``), when worked out ahead (a big body's,
+    # off the event loop) for the session tracker to match; dropped once the call is complete.
+    prefix_keys: list[int] | None = field(default=None, compare=False, repr=False)
 
-    def chars_of(self, turns: list[Turn]) -> int:
+    def chars_of(self, turns: Turns) -> int:
         """The characters of ``turns``' texts: ``context_chars`` when they are the context and it was kept."""
         if turns is self.context and self.context_chars is not None:
             return self.context_chars
@@ -143,7 +200,7 @@ class Call:
         """The agent's answer to this call: its first agent turn, or empty."""
         return next((t.text for t in self.reply if t.role == AGENT), "")
 
-    def to_json(self, context: list[Turn] | None = None,
+    def to_json(self, context: Turns | None = None,
                 extra_context: dict[str, list[Turn]] | None = None) -> dict[str, Any]:
         """A JSON-ready dict of this call (turns as {role, text, time}), what ``asdict`` gives, built directly.
 
@@ -164,8 +221,7 @@ class Call:
 
         Unknown keys are ignored; ValueError (TypeError, KeyError) when the essentials are not there.
         """
-        kept = ("context_key", "context_chars")  # never written
-        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__ and k not in kept}
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__ and k not in _UNWRITTEN}
         known["reply"] = _turns(data.get("reply"))
         known["context"] = _turns(data.get("context", data.get("context_tail")))
         extra = data.get("extra_context")
@@ -228,10 +284,11 @@ class Call:
         return [t for t in self.reply if t.role == AGENT]
 
 
-_CALL_FIELDS = tuple(name for name in Call.__dataclass_fields__ if name not in ("context_key", "context_chars"))
+_UNWRITTEN = ("context_key", "context_chars", "prefix_keys")  # per process, or kept only while it is live
+_CALL_FIELDS = tuple(name for name in Call.__dataclass_fields__ if name not in _UNWRITTEN)
 
 
-def _turns_json(turns: list[Turn]) -> list[dict[str, Any]]:
+def _turns_json(turns: Turns) -> list[dict[str, Any]]:
     return [{"role": t.role, "text": t.text, "time": t.time} for t in turns]
 
 

@@ -43,6 +43,8 @@ PATTERNS = (
     (re.compile(r"(?i)(conversation_signature|[?&]token)=[^&\s\"'<>]+"), ("=",)),
     (re.compile(r"(?i)\bbearer[ .][A-Za-z0-9._~+/=-]{8,}"), ("earer", "EARER")),
 )
+ANSWERS_KEPT = 8  # bodies whose secret check is remembered (a flow's request and response, a few flows)
+ANSWER_KEPT_FROM = 64 * 1024  # bytes: smaller bodies are checked again (cheap), and never push a big one out
 MIN_SECRET_LEN = 6  # shorter values are not scrubbed globally (too many false hits)
 
 
@@ -55,9 +57,14 @@ class Redactor:
         self.seen: set[str] = set()
         # What a body must hold (lower-cased) for anything in it to be masked: a secret key or query
         # parameter name (a secret__ variable's name holds "secret"), or a pattern's fixed part.
-        self.needles = tuple(sorted({n.encode() for n in self.keys | SECRET_PARAMS} | {b"sk_", b"bearer"}))
+        names = {n.encode() for n in self.keys | SECRET_PARAMS} | {b"sk_", b"bearer"}
+        # one search for each name that holds no other (``token`` finds ``conversation_token`` too)
+        self.needles = tuple(sorted(n for n in names if not any(m != n and m in n for m in names)))
         self.seen_bytes: set[bytes] = set()
-        self._last: tuple[bytes, int, bool] | None = None  # the last body checked, as many secrets known, the answer
+        # The last bodies checked, by identity: the body (held, so that its id stays its own), as many
+        # secrets known then, the answer. A big body is checked once, maybe in a worker thread ahead of
+        # the hooks (the tagger's), then found here by the scrubber and the journal.
+        self._answers: dict[int, tuple[bytes, int, bool]] = {}
         self.by_length: list[str] = []  # the seen values, longest first (a value inside another is masked after it)
 
     def _remember(self, value: str) -> None:
@@ -83,12 +90,16 @@ class Redactor:
         Substring searches in C, so that the bodies and frames with nothing to mask (nearly all)
         are not parsed and walked on the proxy's hot path.
         """
-        last = self._last
-        if last is not None and last[0] is raw and last[1] == len(self.seen_bytes):
+        known = tuple(self.seen_bytes)  # a snapshot: a worker thread may check while the loop learns a secret
+        last = self._answers.get(id(raw))
+        if last is not None and last[0] is raw and last[1] == len(known):
             return last[2]  # the same body again (the scrubber, then the journal): a big one costs a pass each
         low = raw.lower()
-        found = any(n in low for n in self.needles) or any(v in raw for v in self.seen_bytes)
-        self._last = (raw, len(self.seen_bytes), found)
+        found = any(n in low for n in self.needles) or any(v in raw for v in known)
+        if len(raw) >= ANSWER_KEPT_FROM:
+            if len(self._answers) >= ANSWERS_KEPT:
+                self._answers.pop(next(iter(self._answers)), None)
+            self._answers[id(raw)] = (raw, len(known), found)
         return found
 
     def headers_(self, headers: dict[str, str]) -> dict[str, str]:

@@ -22,7 +22,7 @@ from functools import lru_cache
 from sessiontap.core.code import as_json, place, where
 from sessiontap.core.contextdiff import diff, tokens_of
 from sessiontap.core.decode import FORMAT_FLAT, FORMAT_SUMMARY, HISTORY_FIELD
-from sessiontap.core.model import AGENT, USER, WEBSOCKET, Call, Closing, Finding, Note, SessionState, Turn
+from sessiontap.core.model import AGENT, USER, WEBSOCKET, Call, Closing, Finding, Note, SessionState, Turns
 from sessiontap.core.settings import DEFAULTS, Settings
 
 ERROR, WARNING, INFO = "error", "warning", "info"
@@ -98,13 +98,13 @@ def similarity(a: str, b: str) -> float:
     return 2 * shared / (len(x) + len(y) - 2)
 
 
-def _text(turns: list[Turn], limit: int = 20) -> list[list[str]]:
+def _text(turns: Turns, limit: int = 20) -> list[list[str]]:
     return [[t.role, t.text] for t in turns[-limit:]]
 
 
-def carried_context(call: Call) -> tuple[str, list[Turn]]:
+def carried_context(call: Call) -> tuple[str, Turns]:
     """The field that carried the most context in a call, and those turns."""
-    best = (call.context_field, call.context)
+    best: tuple[str, Turns] = (call.context_field, call.context)
     for name, turns in call.extra_context.items():
         if len(turns) > len(best[1]):
             best = (name, turns)
@@ -311,10 +311,11 @@ def context_format(j: Judged) -> list[Finding]:
         if fmt not in (FORMAT_FLAT, FORMAT_SUMMARY):
             continue
         how = "turns joined on one line, so boundaries are lost" if fmt == FORMAT_FLAT else "no turns or roles"
+        shown = call.extra_context.get(name)
         finding = _finding(
             "context-format", WARNING, j.state, [call], f"context in `{name}` is a flattened string: {how}",
             "send a list of turns with explicit roles; join transcript strings with newlines at the very least",
-            field=name, format=fmt, example=_text(call.extra_context.get(name, call.context), 6))
+            field=name, format=fmt, example=_text(call.context if shown is None else shown, 6))
         out += _aggregate(j.state, f"context-format:{name}", call, finding)
     return out
 

@@ -61,7 +61,7 @@ BY_ORDER = "order in time"
 BY_NEW = "new conversation"
 
 
-def prefix_hashes(turns: list[Turn], seed: object = 0) -> list[int]:
+def prefix_hashes(turns: Iterable[Turn], seed: object = 0) -> list[int]:
     """Rolling hashes of every non-empty prefix of a turn list (index k = first k+1 turns)."""
     out = []
     h = hash(seed)
@@ -69,6 +69,19 @@ def prefix_hashes(turns: list[Turn], seed: object = 0) -> list[int]:
         h = hash((h, t.key()))
         out.append(h)
     return out
+
+
+def lineage_keys(call: Call) -> list[int]:
+    """The lineage hash of each prefix of a call's context: the ones worked out ahead, or counted now."""
+    if call.prefix_keys is not None:
+        return call.prefix_keys
+    return prefix_hashes(call.context, (call.protocol, call.agent_id))
+
+
+def work_out_keys(call: Call) -> None:
+    """Keep a call's lineage hashes on it (pure, so a worker thread can do it ahead of ``assign``)."""
+    call.prefix_keys = lineage_keys(call)
+    call.context_key = call.prefix_keys[-1] if call.prefix_keys else None
 
 
 @dataclass(slots=True)
@@ -172,7 +185,7 @@ class SessionTracker:
         first_user = next((i for i, t in enumerate(call.context) if t.role == USER), None)
         if first_user is None:
             return None
-        hashes = prefix_hashes(call.context, (call.protocol, call.agent_id))
+        hashes = lineage_keys(call)
         heads, asks = self.heads, self.asks
         known = [k for k in range(first_user, len(hashes)) if hashes[k] in heads or hashes[k] in asks]
         for k in reversed(known):  # longest first; prefixes no call left or sent are skipped
@@ -271,7 +284,7 @@ class SessionTracker:
             self.heads.setdefault(after, {})[call.session] = None
         if call.context:
             asked = call.context_key
-            keys.append(asked if asked is not None else prefix_hashes(call.context, (call.protocol, call.agent_id))[-1])
+            keys.append(asked if asked is not None else lineage_keys(call)[-1])
             self.asks.setdefault(keys[-1], {})[call.session] = None
         if state.head is not None and state.head.id == call.id:  # live, the completed call is a new record
             for old in state.head_keys:

@@ -141,3 +141,69 @@ def test_headers_read_in_one_pass_are_what_mitmproxy_gives_name_by_name(fields):
 
     headers = mhttp.Headers(fields)
     assert _headers(headers) == {k.lower(): v for k, v in headers.items(multi=False)}
+
+
+def _big_simulate_flow(turns: int = 3000):
+    """A simulate-conversation flow whose body is over the tagger's BIG_BODY: decoded in a worker thread."""
+    history = []
+    for i in range(turns):
+        history += [{"role": "user", "message": f"question {i}", "time_in_call_secs": i},
+                    {"role": "agent", "message": "tariff heading " * 40, "time_in_call_secs": i}]
+    history.append({"role": "user", "message": "recap please", "time_in_call_secs": turns})
+    flow = tflow.tflow()
+    flow.request.method = "POST"
+    flow.request.path = "/v1/convai/agents/a/simulate-conversation"
+    flow.request.content = json.dumps({"simulation_specification": {"partial_conversation_history": history}}).encode()
+    assert len(flow.request.content) >= tagger_module.BIG_BODY
+    return flow
+
+
+async def test_a_big_body_is_decoded_off_the_event_loop_and_still_tagged_and_journaled(tmp_path):
+    import asyncio
+
+    tagger, journal = SessionTagger(), Journal()
+    with taddons.context(tagger, journal) as tctx:
+        tctx.configure(journal, sessiontap_out=str(tmp_path))
+        tagger.listeners = [journal]
+        flow = _big_simulate_flow()
+        turns = 0
+        stop = asyncio.Event()
+
+        async def other_connection():  # stands for every other conversation the proxy serves meanwhile
+            nonlocal turns
+            while not stop.is_set():
+                turns += 1
+                await asyncio.sleep(0)
+
+        other = asyncio.create_task(other_connection())
+        pending = tagger.request(flow)
+        assert pending is not None and tagger_module.TAG_HEADER not in flow.request.headers  # not decoded yet
+        await pending
+        stop.set()
+        await other
+        assert turns > 0, "the event loop was held for the whole decoding"
+        session = flow.request.headers[tagger_module.TAG_HEADER]
+        flow.response = tflow.tresp(content=json.dumps({"simulated_conversation": [
+            {"role": "agent", "message": "Recap: tariff heading.", "time_in_call_secs": 1}]}).encode())
+        assert tagger.response(flow) is None  # a small response: completed at once
+        journal.done()
+    calls = [json.loads(x) for x in (tmp_path / "journal.jsonl").read_text().splitlines()]
+    calls = [c for c in calls if c.get("event") == "call"]
+    assert len(calls) == 1 and calls[0]["session"] == session and calls[0]["context_turns"] == 6001
+    assert calls[0]["reply"][0]["text"] == "Recap: tariff heading."
+
+
+async def test_a_big_body_that_fails_to_decode_in_its_worker_is_a_note_and_the_flow_goes_on(tmp_path, monkeypatch):
+    def boom(*args, **kwargs):
+        raise RuntimeError("worker exploded")
+
+    monkeypatch.setattr(tagger_module, "decode_request", boom)
+    tagger, journal = SessionTagger(), Journal()
+    with taddons.context(tagger, journal) as tctx:
+        tctx.configure(journal, sessiontap_out=str(tmp_path))
+        tagger.listeners = [journal]
+        flow = _big_simulate_flow(1500)
+        await tagger.request(flow)  # must not raise
+        journal.done()
+    notes = [json.loads(x) for x in (tmp_path / "journal.jsonl").read_text().splitlines()]
+    assert any(n.get("kind") == "analysis-error" and "worker exploded" in n["detail"] for n in notes)

@@ -197,6 +197,60 @@ def test_a_sockets_calls_carry_lineage_keys_and_sizes_equal_to_counting_their_tu
     assert any(t.text == "corrected 2" for t in calls[3].context)
 
 
+_frames = st.sampled_from(["user", "agent", "correction", "update", "audio"])
+
+
+@given(st.lists(st.tuples(_frames, st.text(alphabet="ab c", min_size=1, max_size=4)), max_size=40))
+def test_a_sockets_contexts_share_its_transcript_yet_each_stays_what_it_was_when_its_call_began(script):
+    """Calls refer to one transcript by length (no copy per call); later turns and corrections never leak in."""
+    from sessiontap.core.decode import WsDecoder
+    from sessiontap.core.model import TurnsSoFar
+
+    make = {
+        "user": lambda t: (True, {"type": "user_message", "text": t}),
+        "agent": lambda t: (False, {"type": "agent_response", "agent_response_event": {"agent_response": t}}),
+        "correction": lambda t: (False, {"type": "agent_response_correction", "agent_response_correction_event": {
+            "original_agent_response": "?", "corrected_agent_response": t}}),
+        "update": lambda t: (True, {"type": "contextual_update", "text": t}),
+        "audio": lambda t: (True, {"user_audio_chunk": "AAAA"}),
+    }
+    dec = WsDecoder("f1", "wss://h/v1/convai/conversation?agent_id=a1", {}, 0.0)
+    calls, seen = [], {}
+    for kind, text in script:
+        calls += dec.feed(ws(*make[kind](text), 1.0)).calls
+        if dec.pending is not None and dec.pending.id not in seen:
+            seen[dec.pending.id] = [(t.role, t.text) for t in dec.pending.context]  # a copy, as it was then
+    calls += dec.close(1000, 2.0).calls
+    assert [c.id for c in calls] == list(seen)
+    for call in calls:
+        assert isinstance(call.context, TurnsSoFar)
+        assert [(t.role, t.text) for t in call.context] == seen[call.id]
+        assert call.context == list(call.context) and list(call.context) == call.context  # equal as lists are
+        assert call.context[:] == list(call.context) and len(call.context[-2:]) == min(2, len(call.context))
+    for a, b in zip(calls, calls[1:], strict=False):
+        assert b.context.starts(a.context) and len(b.context) > len(a.context)
+
+
+def test_a_long_sockets_calls_hold_memory_linear_in_its_turns():
+    """3,000 turns: calls holding a copy each came to about 50 MB; sharing the transcript, a few MB."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        messages = []
+        for i in range(3000):
+            messages.append(ws(True, {"type": "user_message", "text": f"question {i} about cotton shirts"}, i))
+            messages.append(ws(False, {"type": "agent_response",
+                                       "agent_response_event": {"agent_response": f"answer {i}: noted"}}, i + 0.5))
+        before = tracemalloc.get_traced_memory()[0]
+        calls = decode_websocket("f1", "wss://h/v1/convai/conversation", {}, 0.0, messages, 1000, 1.0).calls
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(calls) == 3000 and len(calls[-1].context) == 5998
+    assert held < 15_000_000, f"{held / 1e6:.1f} MB held by 3,000 calls"
+
+
 def test_a_calls_json_is_what_asdict_gives_without_the_per_process_fields():
     from dataclasses import asdict
 
@@ -205,9 +259,9 @@ def test_a_calls_json_is_what_asdict_gives_without_the_per_process_fields():
     call = Call("c1", "f1", "http", "simulate", "a1", 1.0, 2.0, "hi", reply=[Turn("agent", "hello", 3.0)],
                 context=[Turn("user", "x"), Turn("agent", "y", 1.5)], extra_context={"conversation_context": [
                     Turn("context", "summary")]}, context_formats={"h": "turns"}, code=[("a.py", 3, "send")],
-                context_key=42, context_chars=2)
+                context_key=42, context_chars=2, prefix_keys=[7, 42])
     expected = asdict(call)
-    del expected["context_key"], expected["context_chars"]
+    del expected["context_key"], expected["context_chars"], expected["prefix_keys"]
     assert call.to_json() == expected
     tail = call.to_json(context=call.context[-1:], extra_context={})
     assert tail["context"] == expected["context"][-1:] and tail["extra_context"] == {}

@@ -108,3 +108,14 @@ def test_a_known_value_is_found_however_a_json_body_escapes_it():
                                                                                ensure_ascii=False)):
         assert r.may_hold_secret(body.encode())
         assert b"42" not in r.body(body.encode()), body
+
+
+def test_a_big_bodys_answer_is_kept_until_a_new_secret_is_learned_and_small_bodies_never_push_it_out():
+    r = Redactor()
+    big = json.dumps({"text": "hello " * 20_000 + "pin-4242-77"}).encode()
+    assert r.may_hold_secret(big) is False  # checked once (in the tagger's worker, live)
+    for i in range(20):  # a flood of small calls meanwhile
+        r.may_hold_secret(f'{{"user_message": "hi {i}"}}'.encode())
+    r.body(b'{"secret__pin": "pin-4242-77"}')  # a value learned after the big body was checked
+    assert r.may_hold_secret(big) is True  # not the stale answer: the known value is in it
+    assert b"pin-4242-77" not in r.body(big)

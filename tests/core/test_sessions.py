@@ -119,3 +119,30 @@ def test_prefix_hashes_are_prefix_stable():
     turns = [u("a"), a("b"), u("c")]
     assert prefix_hashes(turns)[:2] == prefix_hashes(turns[:2])
     assert prefix_hashes([u("a  b")]) == prefix_hashes([u("a b")])
+
+
+def test_lineage_keys_worked_out_ahead_are_the_ones_the_tracker_would_count():
+    from sessiontap.core.model import AGENT, HTTP, USER, Call, Turn
+    from sessiontap.core.sessions import SessionTracker, prefix_hashes, work_out_keys
+
+    def call(i: int, context: list) -> Call:
+        return Call(f"c{i}", f"f{i}", HTTP, "simulate", "a1", float(i), float(i) + 0.5, context[-1].text,
+                    context=context, reply=[Turn(AGENT, f"reply {i}")])
+
+    first = call(1, [Turn(USER, "shirts")])
+    outcome = []
+    for prepare in (True, False):
+        tracker = SessionTracker()
+        one = call(1, [Turn(USER, "shirts")])
+        two = call(2, [Turn(USER, "shirts"), Turn(AGENT, "reply 1"), Turn(USER, "Vietnam")])
+        for c in (one, two):
+            if prepare:
+                work_out_keys(c)
+                assert c.prefix_keys == prefix_hashes(c.context, (c.protocol, c.agent_id))
+            tracker.assign(c)
+            tracker.complete(c)
+        outcome.append((two.session == one.session, two.session_evidence))
+    assert outcome[0] == outcome[1] and outcome[0][0], outcome  # joined by lineage either way
+    assert first.context_key is None
+    work_out_keys(first)
+    assert first.carried_key() == prefix_hashes(first.carried_state(), ("http", "a1"))[-1]
