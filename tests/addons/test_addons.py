@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 
@@ -37,22 +38,33 @@ def test_mitmdump_loads_the_chain_with_set_options(simulator, tmp_path, sessiont
     assert (out / "findings.json").exists()
 
 
+@contextlib.contextmanager
+def tagged_into_journal(out):
+    """A tagger that hands its calls and notes to a journal writing into ``out`` (done at the end)."""
+    tagger, journal = SessionTagger(), Journal()
+    with taddons.context(tagger, journal) as tctx:
+        tctx.configure(journal, sessiontap_out=str(out))
+        tagger.listeners = [journal]
+        yield tagger, journal
+        journal.done()
+
+
+def journal_lines(out) -> list[dict]:
+    return [json.loads(x) for x in (out / "journal.jsonl").read_text().splitlines()]
+
+
 def test_a_failing_hook_skips_nothing_and_becomes_a_note(tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("decoder exploded")
 
     monkeypatch.setattr(tagger_module, "decode_exchange", boom)
-    tagger, journal = SessionTagger(), Journal()
-    with taddons.context(tagger, journal) as tctx:
-        tctx.configure(journal, sessiontap_out=str(tmp_path))
-        tagger.listeners = [journal]
+    with tagged_into_journal(tmp_path) as (tagger, journal):
         flow = tflow.tflow(resp=True)
         flow.request.path = "/v1/convai/agents/a/simulate-conversation"
         tagger.request(flow)  # raises inside: must not propagate
         tagger.response(flow)
         journal.response(flow)  # the journal's own hook still runs and saves the flow
-        journal.done()
-    notes = [json.loads(x) for x in (tmp_path / "journal.jsonl").read_text().splitlines()]
+    notes = journal_lines(tmp_path)
     assert any(n.get("kind") == "analysis-error" and "decoder exploded" in n["detail"] for n in notes)
     assert (tmp_path / "flows.mitm").stat().st_size > 0
 
@@ -161,10 +173,7 @@ def _big_simulate_flow(turns: int = 3000):
 async def test_a_big_body_is_decoded_off_the_event_loop_and_still_tagged_and_journaled(tmp_path):
     import asyncio
 
-    tagger, journal = SessionTagger(), Journal()
-    with taddons.context(tagger, journal) as tctx:
-        tctx.configure(journal, sessiontap_out=str(tmp_path))
-        tagger.listeners = [journal]
+    with tagged_into_journal(tmp_path) as (tagger, _):
         flow = _big_simulate_flow()
         turns = 0
         stop = asyncio.Event()
@@ -186,9 +195,7 @@ async def test_a_big_body_is_decoded_off_the_event_loop_and_still_tagged_and_jou
         flow.response = tflow.tresp(content=json.dumps({"simulated_conversation": [
             {"role": "agent", "message": "Recap: tariff heading.", "time_in_call_secs": 1}]}).encode())
         assert tagger.response(flow) is None  # a small response: completed at once
-        journal.done()
-    calls = [json.loads(x) for x in (tmp_path / "journal.jsonl").read_text().splitlines()]
-    calls = [c for c in calls if c.get("event") == "call"]
+    calls = [c for c in journal_lines(tmp_path) if c.get("event") == "call"]
     assert len(calls) == 1 and calls[0]["session"] == session and calls[0]["context_turns"] == 6001
     assert calls[0]["reply"][0]["text"] == "Recap: tariff heading."
 
@@ -198,12 +205,7 @@ async def test_a_big_body_that_fails_to_decode_in_its_worker_is_a_note_and_the_f
         raise RuntimeError("worker exploded")
 
     monkeypatch.setattr(tagger_module, "decode_request", boom)
-    tagger, journal = SessionTagger(), Journal()
-    with taddons.context(tagger, journal) as tctx:
-        tctx.configure(journal, sessiontap_out=str(tmp_path))
-        tagger.listeners = [journal]
-        flow = _big_simulate_flow(1500)
-        await tagger.request(flow)  # must not raise
-        journal.done()
-    notes = [json.loads(x) for x in (tmp_path / "journal.jsonl").read_text().splitlines()]
+    with tagged_into_journal(tmp_path) as (tagger, _):
+        await tagger.request(_big_simulate_flow(1500))  # must not raise
+    notes = journal_lines(tmp_path)
     assert any(n.get("kind") == "analysis-error" and "worker exploded" in n["detail"] for n in notes)
