@@ -92,8 +92,11 @@ def record(config: Path | None, mode: str | None, upstream: str | None, listen_h
               help="Answer simulate-conversation with the history sent followed by the new turns.")
 @click.option("--stream-framing", type=click.Choice(["ndjson", "sse"]), default="ndjson", show_default=True,
               help="How simulate-conversation/stream frames its turns.")
+@click.option("--simulate-removed", type=click.Choice(["404", "410"]),
+              help="Answer simulate-conversation (and /stream) with this status, as once the endpoint is removed "
+                   "(announced for 2026-10-31).")
 def simulate(host: str, port: int, api_key: str | None, latency: float, fail_status: int | None,
-             ws_close_code: int | None, history_echo: bool, stream_framing: str) -> None:
+             ws_close_code: int | None, history_echo: bool, stream_framing: str, simulate_removed: str | None) -> None:
     """Run the built-in ElevenLabs simulator (HTTP and WebSocket) on loopback.
 
     It serves the ElevenLabs conversational endpoints with a deterministic customs
@@ -103,7 +106,8 @@ def simulate(host: str, port: int, api_key: str | None, latency: float, fail_sta
 
     faults = Faults(latency=latency, status=fail_status, ws_close_code=ws_close_code)
     try:
-        serve(host, port, api_key=api_key, faults=faults, history_echo=history_echo, stream_framing=stream_framing)
+        serve(host, port, api_key=api_key, faults=faults, history_echo=history_echo, stream_framing=stream_framing,
+              simulate_removed=int(simulate_removed) if simulate_removed else None)
     except OSError as e:
         raise click.ClickException(f"cannot listen on {host}:{port}: {e.strerror or e}") from e
 
