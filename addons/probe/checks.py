@@ -103,18 +103,21 @@ def because(found: list[Finding]) -> str:
     return f"{first.rule}: {first.message}{more}"
 
 
-def _never(p: Played) -> str | None:
-    number = p.missing()
-    return None if number is None else f"message {number} never reached the agent (no answered call carried it)"
+def _failed(p: Played, check: str, every_message: bool = True) -> Outcome | None:
+    """The check failed by its findings, or (``every_message``) by a message no call carried; None: neither."""
+    found = p.findings(check)
+    if found:
+        return Outcome(check, False, because(found))
+    number = p.missing() if every_message else None
+    if number is not None:
+        return Outcome(check, False, f"message {number} never reached the agent (no answered call carried it)")
+    return None
 
 
 def one_session(p: Played) -> Outcome:
     """One session throughout, and no finding of a reset or of the session id changing or being shared."""
-    found = p.findings(ONE_SESSION)
-    if found:
-        return Outcome(ONE_SESSION, False, because(found))
-    if (never := _never(p)) is not None:
-        return Outcome(ONE_SESSION, False, never)
+    if (failed := _failed(p, ONE_SESSION)) is not None:
+        return failed
     ids = list(dict.fromkeys(c.session for c in p.calls if c is not None))
     if len(ids) != 1:
         return Outcome(ONE_SESSION, False, f"{len(ids)} sessions ({', '.join(ids[:3])}): nothing on the wire "
@@ -127,19 +130,15 @@ def one_session(p: Played) -> Outcome:
 
 def opening_once(p: Played) -> Outcome:
     """The agent never started over: no repeated opening line, no context sent and ignored."""
-    found = p.findings(OPENING_ONCE)
-    if found:
-        return Outcome(OPENING_ONCE, False, because(found))
-    if (never := _never(p)) is not None:
-        return Outcome(OPENING_ONCE, False, never)
+    if (failed := _failed(p, OPENING_ONCE)) is not None:
+        return failed
     return Outcome(OPENING_ONCE, True, "no reply was the opening line again")
 
 
 def facts_carried(p: Played) -> Outcome:
     """Every fact given is in the context of every later message, and no message lacks its newest turns."""
-    found = p.findings(FACTS_CARRIED)
-    if found:
-        return Outcome(FACTS_CARRIED, False, because(found))
+    if (failed := _failed(p, FACTS_CARRIED, every_message=False)) is not None:
+        return failed
     for fact in p.scenario.facts:
         for number in range(fact.given + 1, len(p.calls) + 1):
             call = p.calls[number - 1]
@@ -157,8 +156,8 @@ def facts_carried(p: Played) -> Outcome:
 
 def context_grows(p: Played) -> Outcome:
     """The context never shrinks from one message to the next, and the last carries more than the first."""
-    if (never := _never(p)) is not None:
-        return Outcome(CONTEXT_GROWS, False, never)
+    if (failed := _failed(p, CONTEXT_GROWS)) is not None:
+        return failed
     turns = [len(c.context) for c in p.calls if c is not None]
     for number in range(2, len(turns) + 1):
         if turns[number - 1] < turns[number - 2]:
@@ -172,9 +171,8 @@ def context_grows(p: Played) -> Outcome:
 
 def context_size(p: Played) -> Outcome:
     """No context beyond the token limit, and the key fact still in the context of the last message."""
-    found = p.findings(CONTEXT_SIZE)
-    if found:
-        return Outcome(CONTEXT_SIZE, False, because(found))
+    if (failed := _failed(p, CONTEXT_SIZE, every_message=False)) is not None:
+        return failed
     last = p.calls[-1] if p.calls else None
     if last is None:
         return Outcome(CONTEXT_SIZE, False, f"the last message (#{len(p.calls)}) never reached the agent")
