@@ -143,6 +143,9 @@ def play(probe: Probe, scenario: Scenario, protocol: str | None, say: Callable[[
     if client.failure is not None:
         raise ProbeError(f"{scenario.name} over {label}: {red.text(client.failure) if red else client.failure} "
                          f"(recorded so far: {out})")
+    if len(client.replies) < len(scenario.lines):  # a signal, or the proxy ended, before the last reply
+        raise ProbeError(f"{scenario.name} over {label}: interrupted after {len(client.replies)} of "
+                         f"{len(scenario.lines)} replies (recorded so far: {out})")
     seen = spoken(analysis)
     if protocol is not None and seen and protocol not in seen:
         raise ProbeError(f"{scenario.name}: asked for {protocol}, the client spoke {' and '.join(seen)}; give "
@@ -152,7 +155,8 @@ def play(probe: Probe, scenario: Scenario, protocol: str | None, say: Callable[[
         outcomes = [Outcome(o.check, o.passed, red.text(o.reason)) for o in outcomes]
     if protocol is None:
         label = "+".join(seen) or AS_SPOKEN
-    run = RunResult(scenario.name, label, out, outcomes, analysis.verdict(), None, seconds)
+    run = RunResult(scenario.name, label, out, outcomes, red.text(analysis.verdict()) if red else analysis.verdict(),
+                    None, seconds)
     if client.note:
         say(f"sessiontap: note: {client.note}")
     return run

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -183,3 +185,25 @@ def test_a_410_over_http_alone_points_at_the_websocket_half(sessiontap, tmp_path
     assert run.code == 1
     (line,) = gone_lines(run.stderr)
     assert "HTTP 410" in line and "probe the WebSocket half with --protocol websocket" in line
+
+
+def test_an_interrupted_probe_ends_with_one_line_and_stops_its_client(sessiontap_home: Path, tmp_path: Path):
+    script = tmp_path / "slow.py"
+    script.write_text("import sys, time\nsys.stdin.readline()\nprint('first', flush=True)\nsys.stdin.readline()\n"
+                      "time.sleep(60)\n")
+    proc = subprocess.Popen([SESSIONTAP, "probe", "--client", f"{sys.executable} {script}", "--protocol", "http",
+                             "--scenario", "conversation", "--mode", "reverse", "--out", str(tmp_path / "probe")],
+                            stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=clean_env(sessiontap_home))
+    try:
+        assert proc.stderr is not None
+        for _ in range(20):  # the run's first lines: the probe, then the proxy recording
+            if "recording to" in proc.stderr.readline():
+                break
+        time.sleep(1.0)  # the first reply comes at once, the second never
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1 and "Traceback" not in err
+    assert "Error: conversation over http: interrupted after 1 of 5 replies (recorded so far: " in err
