@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from sessiontap.app.runner import Listening
@@ -34,7 +33,6 @@ class LineClient:
 
     lines: Sequence[str]
     timeout: float = 30.0
-    on_reply: Callable[[int, float], None] = lambda number, seconds: None
     replies: list[str] = field(default_factory=list)
     failure: str | None = None
     note: str | None = None
@@ -48,12 +46,10 @@ class LineClient:
         reading = self._reading = asyncio.create_task(self._read_stderr(proc.stderr))
         try:
             for number, line in enumerate(self.lines, 1):
-                began = time.monotonic()
                 reply = await self._ask(proc, number, line)
                 if reply is None:
                     return 1
                 self.replies.append(reply)
-                self.on_reply(number, time.monotonic() - began)
             await self._finish(proc)
             return 0
         finally:

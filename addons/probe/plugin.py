@@ -36,7 +36,8 @@ OPTIONS = {  # name: (metavar, help); each is --sessiontap-NAME on the command l
     "live": (None, "send each test's traffic to the real ElevenLabs API with ELEVENLABS_API_KEY (spends credit)"),
     "mode": (None, "how the code under test reaches the proxy: reverse (ELEVENLABS_BASE_URL, the default) or "
                    "regular (HTTPS_PROXY and sessiontap's CA)"),
-    "out": ("DIR", "write each test's capture and report into DIR/<test> (default: the test's tmp_path/sessiontap)"),
+    "out": ("DIR", "write each test's capture and report into DIR/<test id> (default: the test's "
+                   "tmp_path/sessiontap)"),
     "config": ("FILE", "sessiontap settings file (default: ./mitm.yaml when present)"),
 }
 MARKER = ("sessiontap(replay=None, upstream=None, live=False, mode='reverse'): where the sessiontap fixture sends "
@@ -96,7 +97,7 @@ def sessiontap(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch,
     live, _ = _setting(request, "live")
     where = Where(_path(request, "replay"), upstream or None, bool(live), mode or "reverse")
     base = _path(request, "out")
-    out = base / re.sub(r"[^\w.-]+", "_", request.node.name)[:100] if base else tmp_path / "sessiontap"
+    out = base / re.sub(r"[^\w.-]+", "_", request.node.nodeid)[-120:] if base else tmp_path / "sessiontap"
     tap = Tap(out, where, request.node.nodeid, _path(request, "config"))
     try:
         tap.start()

@@ -6,13 +6,14 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
-from sessiontap.core.errors import SessiontapError
+from sessiontap.core.errors import CaptureError, SessiontapError
 from sessiontap.router import ws_origin
 
 if TYPE_CHECKING:
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 START_TIMEOUT = 30.0  # seconds for the proxy to listen, and for it to stop
 PLACEHOLDER_KEY = "sk_sessiontap_placeholder"  # ELEVENLABS_API_KEY for the simulator or a replay when none is set
 MODES = ("reverse", "regular")
+READ_TRIES = 3
 FLAGS = ("--sessiontap-upstream", "--sessiontap-live")  # how the plugin's options are named in errors
 
 
@@ -203,7 +205,14 @@ class Tap:
         from sessiontap.core.settings import Settings
         from sessiontap.replay.server import miss_findings
 
-        analysis, cap = analyse_capture(self.out, Settings.from_options(self._settings))
+        for attempt in range(READ_TRIES):  # the proxy's thread may be writing the capture's first flow
+            try:
+                analysis, _ = analyse_capture(self.out, Settings.from_options(self._settings))
+                break
+            except CaptureError:
+                if attempt == READ_TRIES - 1:
+                    raise
+                time.sleep(0.1)
         if self._replay is not None and self._replay.misses:
             analysis.add_findings(miss_findings(list(self._replay.misses), read_capture(self.out).flows,
                                                 analysis.calls))

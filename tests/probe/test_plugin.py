@@ -122,10 +122,11 @@ def test_the_fixture_passes_fixed_clients_and_fails_faulty_ones_with_the_finding
     reports = re.findall(r"report: (\S+report\.html)", text)
     assert len(reports) == 2 and all(Path(p).is_file() for p in reports)
     for test in ("test_http_client_continues_fixed_", "test_http_client_through_https_proxy",
-                 "test_websocket_client_continues_fixed-ws_"):
-        assert all((out / test / name).is_file() for name in ("flows.mitm", "findings.json", "report.html")), test
+                 "test_websocket_client_continues_fixed-ws_"):  # a directory a test, named for its node id
+        assert all((out / f"test_example.py_{test}" / name).is_file()
+                   for name in ("flows.mitm", "findings.json", "report.html")), test
     replayed = run(example, "-k", "test_http_client_continues and fixed",
-                   f"--sessiontap-replay={out / 'test_http_client_continues_fixed_'}")
+                   f"--sessiontap-replay={out / 'test_example.py_test_http_client_continues_fixed_'}")
     replayed.assert_outcomes(passed=1)  # answered from the capture, offline
 
 
