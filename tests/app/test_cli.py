@@ -127,3 +127,14 @@ def test_probe_help_states_the_client_contract():
     for words in ("one UTF-8 line", "SESSIONTAP_PROBE_PROTOCOL", "flushed", "when stdin ends", "--timeout",
                   "404 or 410", "Exit codes"):
         assert words in text
+
+
+def test_probe_to_an_upstream_that_is_down_is_one_line():
+    import socket
+
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    result = run("probe", "--to", f"http://127.0.0.1:{port}", "--out", "never")
+    assert result.exit_code == 1
+    assert f"Error: upstream http://127.0.0.1:{port} is not reachable" in result.output
