@@ -117,32 +117,43 @@ def spoken(analysis: Analysis) -> list[str]:
 
 
 def play(probe: Probe, scenario: Scenario, protocol: str | None, say: Callable[[str], None]) -> RunResult:
-    """Record one scenario over one protocol through sessiontap and check it; ProbeError when it cannot be judged."""
+    """Record one scenario over one protocol through sessiontap, write its report, and check it."""
     from sessiontap.app.capture import write_report
     from sessiontap.app.runner import run_record
 
-    label = protocol or AS_SPOKEN
-    out = probe.out / f"{scenario.name}-{label}"
+    out = probe.out / f"{scenario.name}-{protocol or AS_SPOKEN}"
     settings = {**probe.settings, "sessiontap_upstream": probe.upstream, "sessiontap_out": str(out)}
     client = LineClient(scenario.lines, probe.timeout)
     env = {SCENARIO_VAR: scenario.name, **({PROTOCOL_VAR: protocol} if protocol else {})}
     began = time.monotonic()
     result = run_record(settings, probe.command(protocol), announce=say, drive=client, extra_env=env)
-    seconds = time.monotonic() - began
-    analysis = result.analysis
-    if result.journal_error or analysis is None:
-        raise ProbeError(f"{scenario.name} over {label}: the recording failed: {result.journal_error or 'no analysis'}")
-    red = result.redactor
+    if result.journal_error or result.analysis is None:
+        raise ProbeError(f"{scenario.name} over {protocol or AS_SPOKEN}: the recording failed: "
+                         f"{result.journal_error or 'no analysis'}")
     analysis_settings = Settings.from_options(settings)
-    write_report(analysis, out, out, analysis_settings, redactor=red)
+    write_report(result.analysis, out, out, analysis_settings, redactor=result.redactor)
+    mask = result.redactor.text if result.redactor is not None else str
+    run = judged(scenario, protocol, out, result.analysis, client, analysis_settings.max_context_tokens, mask)
+    run.seconds = time.monotonic() - began
+    if client.note:
+        say(f"sessiontap: note: {client.note}")
+    return run
+
+
+def judged(scenario: Scenario, protocol: str | None, out: Path, analysis: Analysis, client: LineClient,
+           max_context_tokens: int, mask: Callable[[str], str] = str) -> RunResult:
+    """A played run's outcomes, from its analysis and what the client did; ProbeError when it cannot be judged.
+
+    ``mask`` takes the secrets the recording saw out of every text the run's result keeps.
+    """
+    label = protocol or AS_SPOKEN
     gone = removed_status(analysis) if protocol != WEBSOCKET else None
     if gone is not None:
         reason = f"simulate-conversation answered HTTP {gone}: the endpoint is gone"
         return RunResult(scenario.name, label, out, [Outcome(c, False, reason) for c in scenario.checks],
-                         analysis.verdict(), gone, seconds)
+                         mask(analysis.verdict()), gone)
     if client.failure is not None:
-        raise ProbeError(f"{scenario.name} over {label}: {red.text(client.failure) if red else client.failure} "
-                         f"(recorded so far: {out})")
+        raise ProbeError(f"{scenario.name} over {label}: {mask(client.failure)} (recorded so far: {out})")
     if len(client.replies) < len(scenario.lines):  # a signal, or the proxy ended, before the last reply
         raise ProbeError(f"{scenario.name} over {label}: interrupted after {len(client.replies)} of "
                          f"{len(scenario.lines)} replies (recorded so far: {out})")
@@ -150,16 +161,9 @@ def play(probe: Probe, scenario: Scenario, protocol: str | None, say: Callable[[
     if protocol is not None and seen and protocol not in seen:
         raise ProbeError(f"{scenario.name}: asked for {protocol}, the client spoke {' and '.join(seen)}; give "
                          f"--protocol {seen[0]}, or have the client read {PROTOCOL_VAR}")
-    outcomes = judge(Played(scenario, analysis, analysis_settings.max_context_tokens))
-    if red is not None:
-        outcomes = [Outcome(o.check, o.passed, red.text(o.reason)) for o in outcomes]
-    if protocol is None:
-        label = "+".join(seen) or AS_SPOKEN
-    run = RunResult(scenario.name, label, out, outcomes, red.text(analysis.verdict()) if red else analysis.verdict(),
-                    None, seconds)
-    if client.note:
-        say(f"sessiontap: note: {client.note}")
-    return run
+    outcomes = [Outcome(o.check, o.passed, mask(o.reason))
+                for o in judge(Played(scenario, analysis, max_context_tokens))]
+    return RunResult(scenario.name, protocol or "+".join(seen) or AS_SPOKEN, out, outcomes, mask(analysis.verdict()))
 
 
 def skipped(scenario: Scenario, probe: Probe, status: int) -> RunResult:

@@ -19,7 +19,8 @@ from sessiontap.probe.checks import (
     message_calls,
     one_session,
 )
-from sessiontap.probe.run import RunResult, removed_status, table
+from sessiontap.probe.lines import LineClient
+from sessiontap.probe.run import ProbeError, RunResult, judged, removed_status, table
 from sessiontap.probe.scenarios import PRODUCT, Scenario, chosen, scenarios
 
 U, A = (lambda s: Turn(USER, s)), (lambda s: Turn(AGENT, s))
@@ -122,3 +123,20 @@ def test_the_table_has_a_row_per_check_a_column_per_protocol_and_a_line_per_fail
         "",
         "5 of 6 checks passed, 1 failed",
     ]
+
+
+def test_a_run_is_judged_from_its_analysis_and_from_what_the_client_did(tmp_path):
+    client = LineClient(LINES, replies=["r1", "r2", "r3"])
+    run = judged(SCENARIO, None, tmp_path, analyse(continuing()), client, 8000, mask=str.upper)
+    assert (run.protocol, run.passed, run.gone) == ("http", True, None)  # named for what the client spoke
+    assert run.outcomes[0].reason == "PRODUCT: IN THE CONTEXT OF EVERY LATER MESSAGE"  # masked like the verdict
+    with pytest.raises(ProbeError, match="^s: asked for websocket, the client spoke http; give --protocol http"):
+        judged(SCENARIO, "websocket", tmp_path, analyse(continuing()), client, 8000)
+    with pytest.raises(ProbeError, match="^s over http: interrupted after 1 of 3 replies"):
+        judged(SCENARIO, "http", tmp_path, analyse(continuing()), LineClient(LINES, replies=["r1"]), 8000)
+    died = LineClient(LINES, failure="the client exited (code 1) before replying to message 2")
+    with pytest.raises(ProbeError, match="^s over http: the client exited .* message 2 .recorded so far: "):
+        judged(SCENARIO, "http", tmp_path, analyse(continuing()), died, 8000)
+    gone = judged(SCENARIO, "http", tmp_path, analyse([call(1, [U(LINES[0])], status=404)]), died, 8000)
+    assert gone.gone == 404 and not gone.passed  # a removed endpoint explains the client's death
+    assert {o.reason for o in gone.outcomes} == {"simulate-conversation answered HTTP 404: the endpoint is gone"}
