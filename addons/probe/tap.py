@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from sessiontap.app.runner import Listening, RecordResult
     from sessiontap.core.analysis import Analysis
     from sessiontap.core.model import Call, Finding, SessionState
+    from sessiontap.core.redact import Redactor
     from sessiontap.replay.server import ReplayServer
 
 START_TIMEOUT = 30.0  # seconds for the proxy to listen, and for it to stop
@@ -233,7 +234,7 @@ class Tap:
         """The findings so far, errors first."""
         return self.analysis().findings
 
-    def write_report(self, analysis: Analysis) -> tuple[Path, Any]:
+    def write_report(self, analysis: Analysis) -> tuple[Path, Redactor]:
         """Write report.html for ``analysis``; its path, and the redactor that learned the capture's secrets."""
         from sessiontap.app.capture import write_report
         from sessiontap.core.redact import Redactor
