@@ -68,11 +68,17 @@ def check_upstream(url: str, timeout: float = 3.0) -> None:
 
 
 def ca_bundle(conf: Path) -> Path:
-    """A CA bundle of the usual roots plus sessiontap's CA, for clients in regular mode."""
+    """A CA bundle of the usual roots plus sessiontap's CA, for clients in regular mode.
+
+    Written whole or not at all (a temporary file renamed over it): runs that share the
+    config directory rewrite it while each other's clients read it.
+    """
     ca = conf / CA_CERT
     bundle = conf / BUNDLE
     roots = Path(certifi.where()).read_text(encoding="ascii")
-    bundle.write_text(roots.rstrip("\n") + "\n" + ca.read_text(encoding="ascii"), encoding="ascii")
+    partial = conf / f".{BUNDLE}.{os.getpid()}.{secrets.token_hex(4)}"
+    partial.write_text(roots.rstrip("\n") + "\n" + ca.read_text(encoding="ascii"), encoding="ascii")
+    os.replace(partial, bundle)
     return bundle
 
 

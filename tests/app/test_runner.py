@@ -61,3 +61,17 @@ def test_a_driver_without_a_command_is_the_client_itself(simulator: Simulator, t
     assert result.exit_code == 0
     assert result.analysis is not None and len(result.analysis.calls) == 1
     assert (tmp_path / "flows.mitm").stat().st_size > 0 and (tmp_path / "findings.json").exists()
+
+
+def test_the_ca_bundle_is_replaced_whole_for_runs_sharing_the_config_directory(tmp_path: Path):
+    import certifi
+
+    from sessiontap.app.runner import BUNDLE, CA_CERT, ca_bundle
+
+    (tmp_path / CA_CERT).write_text("-----BEGIN CERTIFICATE-----\nsessiontap\n-----END CERTIFICATE-----\n")
+    (tmp_path / BUNDLE).write_text("a bundle a client is reading\n")
+    bundle = ca_bundle(tmp_path)
+    text = bundle.read_text()
+    assert text.startswith(Path(certifi.where()).read_text().rstrip("\n"))
+    assert text.endswith("\n-----BEGIN CERTIFICATE-----\nsessiontap\n-----END CERTIFICATE-----\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([BUNDLE, CA_CERT])  # no temporary file left
