@@ -69,7 +69,7 @@ class LineClient:
             raw = b""
         except TimeoutError:
             self.failure = (f"the client gave no reply to message {number} within {self.timeout:g} s (does it print "
-                            "each reply on one line of stdout, and flush it?)")
+                            f"each reply on one line of stdout, and flush it?){self._said()}")
             return None
         except ValueError:  # longer than the pipe's limit
             self.failure = f"the client's reply to message {number} is not one line (over the length limit)"

@@ -34,12 +34,13 @@ async def test_each_message_gets_its_reply_line_then_stdin_ends_and_the_client_e
 
 
 async def test_a_silent_client_fails_after_the_timeout_naming_the_message():
-    client = LineClient(["one", "two"], timeout=0.3)
-    script = "import sys, time\nprint('re', flush=True)\nsys.stdin.readline()\nsys.stdin.readline()\ntime.sleep(30)\n"
+    client = LineClient(["one", "two"], timeout=1.0)
+    script = ("import sys, time\nprint('re', flush=True)\nsys.stdin.readline()\nsys.stdin.readline()\n"
+              "print('still connecting', file=sys.stderr, flush=True)\ntime.sleep(30)\n")
     code, _ = await drive(client, script)
     assert code == 1 and client.replies == ["re"]
-    assert client.failure == ("the client gave no reply to message 2 within 0.3 s (does it print each reply on one "
-                              "line of stdout, and flush it?)")
+    assert client.failure == ("the client gave no reply to message 2 within 1 s (does it print each reply on one "
+                              "line of stdout, and flush it?); it said last: still connecting")
 
 
 async def test_a_client_that_exits_early_is_quoted_from_its_stderr():
