@@ -12,6 +12,9 @@ from sessiontap.app.capture import default_out
 from sessiontap.app.config import analysis_settings, settings_from
 from sessiontap.core.errors import SessiontapError
 from sessiontap.core.redact import Redactor
+from sessiontap.probe.run import SAMPLES as PROBE_SAMPLES
+from sessiontap.probe.scenarios import DEFAULT_TURNS, MAX_TURNS, MIN_TURNS
+from sessiontap.probe.scenarios import NAMES as SCENARIO_NAMES
 
 if TYPE_CHECKING:
     from sessiontap.app.capture import Capture
@@ -92,8 +95,11 @@ def record(config: Path | None, mode: str | None, upstream: str | None, listen_h
               help="Answer simulate-conversation with the history sent followed by the new turns.")
 @click.option("--stream-framing", type=click.Choice(["ndjson", "sse"]), default="ndjson", show_default=True,
               help="How simulate-conversation/stream frames its turns.")
+@click.option("--simulate-removed", type=click.Choice(["404", "410"]),
+              help="Answer simulate-conversation (and /stream) with this status, as once the endpoint is removed "
+                   "(announced for 2026-10-31).")
 def simulate(host: str, port: int, api_key: str | None, latency: float, fail_status: int | None,
-             ws_close_code: int | None, history_echo: bool, stream_framing: str) -> None:
+             ws_close_code: int | None, history_echo: bool, stream_framing: str, simulate_removed: str | None) -> None:
     """Run the built-in ElevenLabs simulator (HTTP and WebSocket) on loopback.
 
     It serves the ElevenLabs conversational endpoints with a deterministic customs
@@ -103,7 +109,8 @@ def simulate(host: str, port: int, api_key: str | None, latency: float, fail_sta
 
     faults = Faults(latency=latency, status=fail_status, ws_close_code=ws_close_code)
     try:
-        serve(host, port, api_key=api_key, faults=faults, history_echo=history_echo, stream_framing=stream_framing)
+        serve(host, port, api_key=api_key, faults=faults, history_echo=history_echo, stream_framing=stream_framing,
+              simulate_removed=int(simulate_removed) if simulate_removed else None)
     except OSError as e:
         raise click.ClickException(f"cannot listen on {host}:{port}: {e.strerror or e}") from e
 
@@ -444,3 +451,100 @@ def _client_replay(capture: Path, config: Path | None, out: str | None, to_url: 
     say(f"sessiontap: behaviour written to {path} and {page}")
     say(f"sessiontap: open {page.resolve().as_uri()}")
     raise SystemExit(code)
+
+
+@main.command(context_settings=CONTEXT_SETTINGS,
+              epilog="\b\nExit codes:\n  0  every check passed\n  1  a check failed, or the probe could not go on\n"
+                     "  2  usage error\n\b\nExamples:\n  sessiontap probe\n  sessiontap probe --sample faulty "
+                     "--scenario conversation\n  sessiontap probe --client 'python my_client.py --stdin' "
+                     "--protocol http\n  sessiontap probe --live --protocol websocket")
+@CONFIG_OPT
+@click.option("--protocol", type=click.Choice(["http", "websocket", "both"]),
+              help="Over which protocol each scenario runs: simulate-conversation (http), the agent WebSocket, "
+                   "or both [default: both; with --client: the one the client speaks, run once].")
+@click.option("--scenario", "scenario_name", type=click.Choice([*SCENARIO_NAMES, "all"]), default="all",
+              show_default=True, help="Which test case of the investigation plan to play.")
+@click.option("--turns", type=click.IntRange(MIN_TURNS, MAX_TURNS), default=DEFAULT_TURNS, show_default=True,
+              help="User messages in the conversation scenario (context-size plays four times as many).")
+@click.option("--to", "to_url", metavar="URL",
+              help="Send to a server on this machine instead of the built-in simulator (another host needs --live).")
+@click.option("--live", is_flag=True,
+              help="Send to the real ElevenLabs API (https://api.elevenlabs.io unless --to) with ELEVENLABS_API_KEY "
+                   "from the environment (and your agent in ELEVENLABS_AGENT_ID). Spends API credit.")
+@click.option("--client", "client_cmd", metavar="CMD",
+              help="Probe your own client: a command (split like a shell line) that keeps the line contract below.")
+@click.option("--sample", type=click.Choice(PROBE_SAMPLES),
+              help="Which built-in sample clients to probe [default: fixed]; faulty shows what the checks catch.")
+@click.option("--mode", type=click.Choice(["regular", "reverse"]),
+              help="How the client reaches the proxy, as for record [default: regular].")
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
+              help="Seconds to wait for each reply line.")
+@click.option("--out", metavar="DIR", help="Output directory [default: sessiontap-out/probe-<time>].")
+def probe(config: Path | None, protocol: str | None, scenario_name: str, turns: int, to_url: str | None, live: bool,
+          client_cmd: str | None, sample: str | None, mode: str | None, timeout: float, out: str | None) -> None:
+    """Play the investigation plan's test cases through sessiontap and check that the conversation continues.
+
+    Five scenarios (conversation, product, officer, persistence, context-size), each over
+    simulate-conversation (http) and the agent WebSocket, are recorded through the proxy to
+    the built-in simulator (or --to, or --live) and judged by the analysis' own findings:
+    one session throughout, the opening line said once, earlier facts carried, the context
+    growing, its size handled. Prints a pass/fail table per scenario (stdout), and writes
+    flows.mitm, findings.json and report.html per scenario and protocol into OUT/<scenario>-<protocol>,
+    and every outcome into OUT/probe.json. When simulate-conversation answers 404 or 410
+    (removed), it says so, skips the HTTP runs and goes on with the WebSocket ones.
+
+    \b
+    The --client contract (python -m sessiontap.samples KIND --stdin keeps it):
+    - CMD starts once per scenario (and protocol), its environment pointed at
+      the proxy as `record -- CMD` does it, plus SESSIONTAP_PROBE_SCENARIO and,
+      when --protocol is given, SESSIONTAP_PROBE_PROTOCOL (http or websocket);
+    - each user message is written to its stdin as one UTF-8 line; it answers
+      with the agent's reply as one line on stdout (line breaks made spaces,
+      flushed) before the next message is written;
+    - anything else it prints goes to stderr; when stdin ends, it ends the
+      session and exits;
+    - no reply within --timeout seconds, or an exit before the last reply,
+      stops the probe with one line naming the message and what the client
+      last wrote to stderr.
+    """
+    import contextlib
+    import shlex
+
+    from sessiontap.app.target import TargetError, send_target
+    from sessiontap.probe.run import PROBE_FILE, Probe, run_probe, table
+    from sessiontap.probe.scenarios import chosen
+    from sessiontap.simulator.server import running_simulator
+
+    if client_cmd is not None and sample is not None:
+        raise click.UsageError("--client and --sample exclude each other: --sample picks a built-in client")
+    try:
+        command = tuple(shlex.split(client_cmd or ""))
+    except ValueError as e:
+        raise click.BadParameter(f"cannot split {client_cmd!r}: {e}", param_hint="--client") from e
+    if client_cmd is not None and not command:
+        raise click.BadParameter("give the client's command, e.g. 'python my_client.py --stdin'", param_hint="--client")
+    try:
+        upstream = send_target(to_url, live, "the probe's conversations")
+    except TargetError as e:
+        raise click.UsageError(str(e)) from e
+    if protocol in (None, "both"):
+        protocols: tuple[str | None, ...] = (None,) if command and protocol is None else ("http", "websocket")
+    else:
+        protocols = (protocol,)
+    scenarios = chosen(scenario_name, turns)
+    target = Path(out) if out else default_out("probe")
+    who = f"`{shlex.join(command)}`" if command else f"the {sample or 'fixed'} sample clients"
+    try:
+        settings = settings_from(config, {"sessiontap_mode": mode})
+        with running_simulator() if upstream is None else contextlib.nullcontext() as sim:
+            url = sim.url if sim is not None else str(upstream)
+            say(f"sessiontap: probing {who} through sessiontap to {'the simulator at ' if sim else ''}{url}")
+            runs = run_probe(Probe(scenarios, protocols, url, target, settings, command, sample or "fixed", timeout),
+                             say)
+    except SessiontapError as e:
+        raise click.ClickException(str(e)) from e
+    for line in table(runs, scenarios):
+        click.echo(line)
+    say(f"sessiontap: written to {target}: {PROBE_FILE}, and flows.mitm, findings.json and report.html "
+        "in a directory per scenario and protocol")
+    raise SystemExit(0 if all(r.passed for r in runs) else 1)

@@ -12,7 +12,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,11 +68,17 @@ def check_upstream(url: str, timeout: float = 3.0) -> None:
 
 
 def ca_bundle(conf: Path) -> Path:
-    """A CA bundle of the usual roots plus sessiontap's CA, for clients in regular mode."""
+    """A CA bundle of the usual roots plus sessiontap's CA, for clients in regular mode.
+
+    Written whole or not at all (a temporary file renamed over it): runs that share the
+    config directory rewrite it while each other's clients read it.
+    """
     ca = conf / CA_CERT
     bundle = conf / BUNDLE
     roots = Path(certifi.where()).read_text(encoding="ascii")
-    bundle.write_text(roots.rstrip("\n") + "\n" + ca.read_text(encoding="ascii"), encoding="ascii")
+    partial = conf / f".{BUNDLE}.{os.getpid()}.{secrets.token_hex(4)}"
+    partial.write_text(roots.rstrip("\n") + "\n" + ca.read_text(encoding="ascii"), encoding="ascii")
+    os.replace(partial, bundle)
     return bundle
 
 
@@ -237,6 +243,43 @@ def mitm_options(settings: dict[str, Any], conf: Path) -> dict[str, Any]:
     return opts
 
 
+@dataclass(frozen=True)
+class Listening:
+    """A running proxy as a driver sees it: where it listens, in which mode, and what a client needs to use it."""
+
+    host: str
+    port: int
+    mode: str
+    conf: Path
+    auth: str | None = None
+
+    @property
+    def url(self) -> str:
+        """The proxy's own base URL, ``http://HOST:PORT`` (reverse mode: the client's ELEVENLABS_BASE_URL)."""
+        return f"http://{self.host}:{self.port}"
+
+    def env(self, base: dict[str, str]) -> dict[str, str]:
+        """``base`` pointed at the proxy, as ``record -- CMD`` points its client (see ``child_env``)."""
+        return child_env(self.mode, self.host, self.port, self.conf, base, self.auth)
+
+
+Drive = Callable[[Listening, asyncio.subprocess.Process | None], Coroutine[Any, Any, int]]
+"""Takes a run over once the proxy listens (see ``record``); returns the run's exit code."""
+PIPE_LIMIT = 16 * 1024 * 1024  # the longest line a driver reads from a piped child
+
+
+async def _start_child(command: list[str], env: dict[str, str], piped: bool) -> asyncio.subprocess.Process:
+    """Start the client command; its stdin, stdout and stderr piped when a driver talks to it."""
+    pipes: dict[str, Any] = {}
+    if piped:
+        pipes = {"stdin": asyncio.subprocess.PIPE, "stdout": asyncio.subprocess.PIPE,
+                 "stderr": asyncio.subprocess.PIPE, "limit": PIPE_LIMIT}
+    try:
+        return await asyncio.create_subprocess_exec(*command, env=env, **pipes)
+    except OSError as e:
+        raise SessiontapError(f"cannot run {command[0]!r}: {e.strerror or e}") from e
+
+
 async def _stop_child(proc: asyncio.subprocess.Process) -> int:
     if proc.returncode is None:
         with contextlib.suppress(ProcessLookupError):
@@ -251,8 +294,16 @@ async def _stop_child(proc: asyncio.subprocess.Process) -> int:
 
 
 async def record(settings: dict[str, Any], command: list[str],
-                 announce: Callable[[str], None] = print, code_trace: bool = True) -> RecordResult:
-    """Run the proxy (and the client command, if any) until it ends; return the exit code and counts."""
+                 announce: Callable[[str], None] = print, code_trace: bool = True,
+                 drive: Drive | None = None, extra_env: Mapping[str, str] | None = None) -> RecordResult:
+    """Run the proxy (and the client command, if any) until it ends; return the exit code and counts.
+
+    ``drive`` takes the run over once the proxy listens: with a command, the child is started
+    with its stdin, stdout and stderr piped and handed to it; without one, it is handed None
+    (the client is the caller's own, pointed at ``Listening``). The run ends when it returns
+    (or on SIGINT/SIGTERM, when it is cancelled), and its return value is the exit code.
+    ``extra_env`` is added to the command's environment before it is pointed at the proxy.
+    """
     conf = confdir()
     conf.mkdir(parents=True, exist_ok=True)
     opts = options.Options()
@@ -292,20 +343,21 @@ async def record(settings: dict[str, Any], command: list[str],
         out = settings.get("sessiontap_out", "")
         code = 0
         started = time.time()  # the code trace may hold earlier runs' lines: only this run's count
+        listening = Listening(host, port, mode, conf, master.options.proxyauth)
         if command:
-            env = child_env(mode, host, port, conf, dict(os.environ), master.options.proxyauth)
+            env = listening.env({**os.environ, **(extra_env or {})})
             if trace is not None:
                 env = traced_env(env, trace)
             announce(f"sessiontap: {mode} proxy on {host}:{port}, recording to {out or '(nowhere)'}")
-            try:
-                proc = await asyncio.create_subprocess_exec(*command, env=env)
-            except OSError as e:
-                raise SessiontapError(f"cannot run {command[0]!r}: {e.strerror or e}") from e
-            waited = asyncio.create_task(proc.wait())
-            stopper = asyncio.create_task(stop.wait())
-            await asyncio.wait({waited, stopper, task}, return_when=asyncio.FIRST_COMPLETED)
+            proc = await _start_child(command, env, piped=drive is not None)
+            work: asyncio.Task[int] = asyncio.create_task(proc.wait() if drive is None else drive(listening, proc))
+            driven = await _until(work, stop, task)
             code = await _stop_child(proc)
-            stopper.cancel()
+            if drive is not None:
+                code = driven if driven is not None else code or 1
+        elif drive is not None:
+            announce(f"sessiontap: {mode} proxy on {host}:{port}, recording to {out or '(nowhere)'}")
+            code = await _until(asyncio.create_task(drive(listening, None)), stop, task) or 0
         else:
             if mode == "regular":
                 ca_bundle(conf)
@@ -330,9 +382,29 @@ async def record(settings: dict[str, Any], command: list[str],
     return RecordResult(code, out, ours.journal.failed, verdict, analysis, ours.journal.redactor, warnings=warnings)
 
 
+async def _until(work: asyncio.Task[int], stop: asyncio.Event, proxy: asyncio.Task[None]) -> int | None:
+    """Wait for ``work`` unless a signal or the proxy's end comes first (then cancel it): its result, or None.
+
+    An exception in ``work`` is raised here.
+    """
+    stopper = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({work, stopper, proxy}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+    if not work.done():
+        work.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await work
+        return None
+    return work.result()
+
+
 def run_record(settings: dict[str, Any], command: list[str],
-               announce: Callable[[str], None] = print, code_trace: bool = True) -> RecordResult:
-    """Synchronous entry for the CLI: checks the upstream, then records until done."""
+               announce: Callable[[str], None] = print, code_trace: bool = True,
+               drive: Drive | None = None, extra_env: Mapping[str, str] | None = None) -> RecordResult:
+    """Synchronous entry for the CLI: checks the upstream, then records until done (``drive``, ``extra_env``: see
+    ``record``)."""
     upstream = settings.get("sessiontap_upstream", DEFAULT_UPSTREAM)
     try:
         parse_upstream(upstream)
@@ -345,4 +417,4 @@ def run_record(settings: dict[str, Any], command: list[str],
     if upstream != DEFAULT_UPSTREAM:
         check_upstream(upstream)
     with _logging():
-        return asyncio.run(record(settings, command, announce, code_trace))
+        return asyncio.run(record(settings, command, announce, code_trace, drive, extra_env))

@@ -21,7 +21,6 @@ import argparse
 import base64
 import contextlib
 import functools
-import ipaddress
 import json
 import os
 import ssl
@@ -38,6 +37,7 @@ from mitmproxy import http
 from websockets.exceptions import InvalidURI, WebSocketException
 from websockets.sync.client import ClientConnection, connect
 
+from sessiontap.app.target import TargetError, send_target
 from sessiontap.core.analysis import Analysis
 from sessiontap.core.errors import SessiontapError
 from sessiontap.core.model import AGENT, USER, WEBSOCKET, Call, FlowRecord, Turn
@@ -56,7 +56,7 @@ from sessiontap.replay import vary
 from sessiontap.replay.compare import Behaviour, compare
 from sessiontap.replay.match import parse_json
 from sessiontap.replay.server import DROP_HEADERS as CONNECTION_HEADERS
-from sessiontap.router import DEFAULT_UPSTREAM, parse_upstream, ws_origin
+from sessiontap.router import ws_origin
 
 if TYPE_CHECKING:
     from sessiontap.app.runner import RecordResult
@@ -517,34 +517,15 @@ def run_variants(plan: dict[str, Any], out: Path, variants: list[str], upstream:
     return runs
 
 
-class ReplayTargetError(SessiontapError, ValueError):
-    """A client replay may not send where it was asked to (checked before anything is sent)."""
+ReplayTargetError = TargetError  # the name replay's callers know
 
 
 def replay_upstream(to_url: str | None, live: bool, environ: Mapping[str, str] | None = None) -> str | None:
     """Where a client replay may send (None: the built-in simulator); ReplayTargetError before anything is sent.
 
-    The policy: a server on this machine needs nothing; another host, or the real API, needs
-    ``live`` and ``ELEVENLABS_API_KEY`` (the key never comes from a capture).
+    The key never comes from a capture: ``--live`` takes it from ``ELEVENLABS_API_KEY`` (see ``send_target``).
     """
-    env = os.environ if environ is None else environ
-    if live and not env.get("ELEVENLABS_API_KEY"):
-        raise ReplayTargetError("--live sends to the real ElevenLabs API and needs ELEVENLABS_API_KEY in the "
-                                "environment (a capture never holds the key)")
-    if to_url is None:
-        return DEFAULT_UPSTREAM if live else None
-    try:
-        _, host, _ = parse_upstream(to_url)
-    except ValueError as e:
-        raise ReplayTargetError(f"--to: {e}") from e
-    try:
-        local = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        local = False
-    if not live and not local:
-        raise ReplayTargetError(f"--to {to_url} is not on this machine; add --live to send the recorded "
-                                "conversations there (with ELEVENLABS_API_KEY)")
-    return to_url
+    return send_target(to_url, live, "the recorded conversations", environ)
 
 
 def client_replay(capture: Path, out: Path, variants: list[str], upstream: str, settings: dict[str, Any],

@@ -1,9 +1,11 @@
-"""Entry point: `python -m sessiontap.samples KIND [--turns N] [--declare MODE] [--new-connection-per-call]`."""
+"""Entry: `python -m sessiontap.samples KIND [--turns N | --stdin] [--declare MODE] [--new-connection-per-call]`."""
 
 from __future__ import annotations
 
 import argparse
+import io
 import sys
+from collections.abc import Iterator
 
 from sessiontap.samples.chat import DECLARE_MODES
 from sessiontap.samples.durin import HTTP_KINDS, SAMPLE_KINDS, run_sample
@@ -18,6 +20,16 @@ def _turns(value: str) -> int:
     if not 1 <= turns <= MAX_TURNS:
         raise argparse.ArgumentTypeError(f"must be a whole number from 1 to {MAX_TURNS}")
     return turns
+
+
+def stdin_lines() -> Iterator[str]:
+    """The lines of stdin (UTF-8) without their line ends, each read only when the one before was answered."""
+    if isinstance(sys.stdin, io.TextIOWrapper):
+        sys.stdin.reconfigure(encoding="utf-8", errors="replace")
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(encoding="utf-8")
+    for line in sys.stdin:
+        yield line.rstrip("\r\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--turns",
         type=_turns,
-        default=len(CUSTOMS_SCRIPT),
+        default=None,
         help=f"number of user messages (default {len(CUSTOMS_SCRIPT)}; recap requests after that)",
     )
     parser.add_argument(
@@ -52,9 +64,23 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="HTTP kinds: a new HTTP connection (so a new source port) for every call ('all': HTTP kinds only)",
     )
+    parser.add_argument(
+        "--stdin",
+        action="store_true",
+        help=(
+            "line mode (the `sessiontap probe --client` contract): read the user messages from stdin, "
+            "one a line, and print each agent reply alone on one line of stdout as soon as it comes; "
+            "the session ends at the end of stdin"
+        ),
+    )
     args = parser.parse_args(argv)
+    if args.stdin and (args.kind == "all" or args.turns is not None):
+        parser.error("--stdin plays one kind, with the messages read from stdin (no 'all', no --turns)")
     if args.new_connection_per_call and args.kind not in (*HTTP_KINDS, "all"):
         parser.error(f"--new-connection-per-call applies to {' and '.join(HTTP_KINDS)} only")
+    if args.stdin:
+        return run_sample(args.kind, declare=args.declare, new_connection_per_call=args.new_connection_per_call,
+                          lines=stdin_lines())
     kinds = SAMPLE_KINDS if args.kind == "all" else (args.kind,)
     codes = []
     for kind in kinds:

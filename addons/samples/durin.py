@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable
 from typing import Protocol, TextIO, runtime_checkable
 
 from sessiontap.samples.chat import (
@@ -42,16 +42,26 @@ class SocketChatClient(Protocol):
 
 
 class ProperDurinClient:
-    """Runs a multi-turn conversation through a chat client, as the user's app does."""
+    """Runs a multi-turn conversation through a chat client, as the user's app does.
 
-    def __init__(self, client: HttpChatClient | SocketChatClient, out: TextIO | None = None):
+    `replies_only` prints each agent reply alone on one line (line mode) instead of the
+    numbered user and agent lines.
+    """
+
+    def __init__(self, client: HttpChatClient | SocketChatClient, out: TextIO | None = None,
+                 replies_only: bool = False):
         self.client = client
         self.out = out
+        self.replies_only = replies_only
         self.session_id: str | None = None
 
-    def run(self, messages: Sequence[str] | None = None) -> Transcript:
-        """Play `messages` (the customs script by default) and return (user, agent) pairs."""
-        lines = script_messages() if messages is None else list(messages)
+    def run(self, messages: Iterable[str] | None = None) -> Transcript:
+        """Play `messages` (the customs script by default) and return (user, agent) pairs.
+
+        `messages` is read one at a time, each sent and answered before the next is taken,
+        so it may be a stream (stdin in line mode).
+        """
+        lines = script_messages() if messages is None else messages
         client = self.client
         if isinstance(client, SocketChatClient):
             self.session_id = client.start_session()
@@ -64,6 +74,9 @@ class ProperDurinClient:
 
     def _turn(self, number: int, user: str, agent: str) -> tuple[str, str]:
         out = self.out or sys.stdout
+        if self.replies_only:
+            print(" ".join(agent.split()), file=out, flush=True)  # one line, whatever the agent said
+            return user, agent
         print(f"[{number}] user: {user}", file=out)
         print(f"[{number}] agent: {agent}", file=out, flush=True)
         return user, agent
@@ -110,11 +123,17 @@ def run_sample(
     err: TextIO | None = None,
     declare: Declare | None = None,
     new_connection_per_call: bool = False,
+    lines: Iterable[str] | None = None,
 ) -> int:
-    """Play the script with the `kind` sample client and return the exit code (0 ok, 1 error)."""
+    """Play the script with the `kind` sample client and return the exit code (0 ok, 1 error).
+
+    `lines` (line mode) are the user messages to play instead of the script, each reply
+    printed alone on one line as soon as it comes (`turns` is then ignored).
+    """
+    messages = script_messages(turns) if lines is None else lines
     try:
         with make_client(kind, declare=declare, new_connection_per_call=new_connection_per_call) as client:
-            ProperDurinClient(client, out=out).run(script_messages(turns))
+            ProperDurinClient(client, out=out, replies_only=lines is not None).run(messages)
     except SampleClientError as exc:
         message = " ".join(str(exc).split())  # one line, whatever the server answered
         print(f"sessiontap sample {kind}: error: {message}", file=err or sys.stderr)

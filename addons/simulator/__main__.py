@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from sessiontap.simulator.server import STREAM_FRAMINGS, Faults, serve
+from sessiontap.simulator.server import REMOVED_STATUSES, STREAM_FRAMINGS, Faults, serve
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -36,6 +36,12 @@ def main(argv: list[str] | None = None) -> None:
         default="ndjson",
         help="framing of simulate-conversation/stream (default ndjson; sse: Server-Sent Events)",
     )
+    parser.add_argument(
+        "--simulate-removed",
+        type=int,
+        choices=REMOVED_STATUSES,
+        help="simulate-conversation (and /stream) answer this status, as once the endpoint is removed",
+    )
     args = parser.parse_args(argv)
     serve(
         args.host,
@@ -48,6 +54,7 @@ def main(argv: list[str] | None = None) -> None:
         faults=Faults(latency=args.latency, hostile_text=args.hostile_text),
         history_echo=args.history_echo,
         stream_framing=args.stream_framing,
+        simulate_removed=args.simulate_removed,
     )
 
 

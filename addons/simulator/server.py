@@ -33,6 +33,9 @@ Choices made where the real API is an open question (see elevenlabs-protocol.md)
   An object longer than `SSE_SPLIT_CHARS` (always the analysis) is split after its key
   across two `data:` lines, which SSE joins with a newline.
 - On the WebSocket, a user message that trips the `ws_close_code` fault gets no reply.
+- `simulate_removed=404|410` (`Shapes`) plays the API after simulate-conversation's removal:
+  both simulate endpoints answer that status (404 as an unknown route, 410 with a detail
+  naming the replacements); everything else is served as before.
 """
 
 from __future__ import annotations
@@ -69,6 +72,7 @@ SSE_SPLIT_CHARS = 120
 
 StreamFraming = Literal["ndjson", "sse"]
 STREAM_FRAMINGS: tuple[StreamFraming, ...] = ("ndjson", "sse")
+REMOVED_STATUSES = (404, 410)  # what a removed simulate-conversation may answer
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -103,14 +107,21 @@ class Shapes:
       sent (each turn as sent, `time_in_call_secs` as an int) before the new turns; the
       stream sends the echoed turns first.
     - `stream_framing`: `"ndjson"` (one JSON object a line) or `"sse"` (Server-Sent Events).
+    - `simulate_removed`: 404 or 410 makes simulate-conversation (and `/stream`) answer that
+      status, as the real API may once the endpoint is removed (announced for 2026-10-31);
+      None serves it.
     """
 
     history_echo: bool = False
     stream_framing: StreamFraming = "ndjson"
+    simulate_removed: int | None = None
 
     def __post_init__(self) -> None:
         if self.stream_framing not in STREAM_FRAMINGS:
             raise ValueError(f"stream_framing must be one of {', '.join(STREAM_FRAMINGS)}")
+        if self.simulate_removed not in (None, *REMOVED_STATUSES):
+            raise ValueError(f"simulate_removed must be one of {', '.join(map(str, REMOVED_STATUSES))} or None "
+                             f"(got {self.simulate_removed!r})")
 
 
 @dataclass
@@ -465,11 +476,13 @@ class Simulator(LoopbackServer):
         ping_interval: float | None = None,
         history_echo: bool = False,
         stream_framing: StreamFraming = "ndjson",
+        simulate_removed: int | None = None,
     ) -> None:
         super().__init__(host, port)
         self.api_key = api_key
         self.faults = faults if faults is not None else Faults()
-        self.shapes = Shapes(history_echo=history_echo, stream_framing=stream_framing)
+        self.shapes = Shapes(history_echo=history_echo, stream_framing=stream_framing,
+                             simulate_removed=simulate_removed)
         self.require_signed_url = require_signed_url
         self.stream_parts = stream_parts
         self.ping_interval = ping_interval
@@ -553,6 +566,13 @@ class Simulator(LoopbackServer):
     # HTTP endpoints ---------------------------------------------------------------------------
 
     async def _read_simulation(self, request: web.Request) -> SimulationRequest | web.Response:
+        removed = self.shapes.simulate_removed
+        if removed == 404:
+            return web.json_response({"detail": "Not Found"}, status=404)  # the route is gone: FastAPI's own 404
+        if removed is not None:
+            return _error(removed, "endpoint_removed", "simulate-conversation was removed on 2026-10-31; use "
+                          "/v1/convai/agent-testing/create and /v1/convai/agents/{agent_id}/run-tests, or the "
+                          "agent WebSocket")
         raw = await request.read()
         try:
             body = json.loads(raw)

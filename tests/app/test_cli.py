@@ -105,3 +105,36 @@ def test_a_long_run_says_that_its_report_is_being_written_and_a_short_one_does_n
     assert report_notice(REPORT_NOTICE_CALLS - 1) is None
     notice = report_notice(58_734)
     assert notice is not None and "58,734 calls" in notice and "report.html" in notice
+
+
+@pytest.mark.parametrize(("args", "said"), [
+    (["--live"], "--live sends the probe's conversations to the real ElevenLabs API and needs ELEVENLABS_API_KEY"),
+    (["--to", "https://api.elevenlabs.io"], "is not on this machine; add --live"),
+    (["--client", "python c.py", "--sample", "faulty"], "--client and --sample exclude each other"),
+    (["--client", ""], "give the client's command"),
+    (["--client", "python 'c.py"], "cannot split"),
+    (["--turns", "1"], "1 is not in the range 2<=x<=50"),
+    (["--scenario", "chat"], "'chat' is not one of"),
+])
+def test_probe_refuses_before_anything_is_started(tmp_path: Path, args: list[str], said: str):
+    result = run("probe", "--out", str(tmp_path / "never"), *args, env={"ELEVENLABS_API_KEY": ""})
+    assert result.exit_code == 2 and said in result.output, result.output
+    assert not (tmp_path / "never").exists()
+
+
+def test_probe_help_states_the_client_contract():
+    text = " ".join(run("probe", "--help").output.split())
+    for words in ("one UTF-8 line", "SESSIONTAP_PROBE_PROTOCOL", "flushed", "when stdin ends", "--timeout",
+                  "404 or 410", "Exit codes"):
+        assert words in text
+
+
+def test_probe_to_an_upstream_that_is_down_is_one_line():
+    import socket
+
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    result = run("probe", "--to", f"http://127.0.0.1:{port}", "--out", "never")
+    assert result.exit_code == 1
+    assert f"Error: upstream http://127.0.0.1:{port} is not reachable" in result.output

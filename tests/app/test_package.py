@@ -52,8 +52,8 @@ def test_no_product_module_imports_the_simulator_or_the_samples():
                if not {"simulator", "samples"} & set(p.relative_to(ROOT).parts)]
     for path in product:
         found = [m for m in imports(path) if m.startswith(DEMO_CODE)]
-        if path.relative_to(ROOT).as_posix() == "addons/app/cli.py":
-            continue  # `demo`, `simulate` and client replay's default upstream run the built-in simulator
+        if path.relative_to(ROOT).as_posix() in ("addons/app/cli.py", "addons/probe/tap.py"):
+            continue  # `demo`, `simulate`, and the default upstream of client replay, probe and the pytest fixture
         assert not found, f"{path}: imports {found}"
 
 

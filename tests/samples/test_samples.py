@@ -312,12 +312,13 @@ def test_run_sample_reports_an_http_error_on_one_line(sim: Simulator, monkeypatc
     assert err.getvalue().count("\n") == 1 and "HTTP 503" in err.getvalue()
 
 
-def _entry(kind: str, base_url: str, *extra: str) -> subprocess.CompletedProcess[str]:
+def _entry(kind: str, base_url: str, *extra: str, lines: list[str] | None = None) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "ELEVENLABS_BASE_URL": base_url, "PYTHONPATH": str(ROOT)}
     return subprocess.run(
         [sys.executable, "-m", "sessiontap.samples", kind, *extra],
         cwd=ROOT,
         env=env,
+        input="".join(f"{line}\n" for line in lines) if lines is not None else None,
         capture_output=True,
         text=True,
         timeout=20,
@@ -350,3 +351,44 @@ def test_entry_point_closed_port_fails_with_one_line(kind: str) -> None:
     assert done.stdout == ""
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
     assert f"127.0.0.1:{port}" in done.stderr
+
+
+# line mode (the probe's --client contract) ------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", SAMPLE_KINDS)
+def test_line_mode_answers_each_stdin_line_with_one_reply_line(sim: Simulator, kind: str) -> None:
+    done = _entry(kind, sim.url, "--stdin", lines=SCRIPT[:3])
+    assert done.returncode == 0, done.stderr
+    replies = done.stdout.splitlines()
+    assert len(replies) == 3 and "user:" not in done.stdout
+    if kind == "faulty-http":
+        assert replies == [FIRST_MESSAGE] * 3  # the fault, as in script mode
+    else:
+        assert all(f'You said: "{text.rstrip(".")}"' in reply for text, reply in zip(SCRIPT, replies, strict=False))
+
+
+def test_line_mode_sends_each_message_only_after_the_reply_before(sim: Simulator) -> None:
+    env = {**os.environ, "ELEVENLABS_BASE_URL": sim.url, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "sessiontap.samples", "fixed-ws", "--stdin"], cwd=ROOT, env=env,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdin is not None and proc.stdout is not None
+        for number, text in enumerate(SCRIPT[:2], 1):
+            proc.stdin.write(text + "\n")
+            proc.stdin.flush()
+            assert PRODUCT in proc.stdout.readline()
+            (conversation,) = sim.conversations.values()
+            assert conversation.user_messages == number  # one socket, and the next line not yet read
+        proc.stdin.close()
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert conversation.close_code == 1000  # the end of stdin ended the session normally
+
+
+def test_line_mode_takes_one_kind_and_no_turns(sim: Simulator) -> None:
+    assert _entry("all", sim.url, "--stdin", lines=[]).returncode == 2
+    assert _entry("fixed-http", sim.url, "--stdin", "--turns", "2", lines=[]).returncode == 2
+    assert _entry("fixed-http", sim.url, "--stdin", lines=[]).stdout == ""  # no input, no call, no output

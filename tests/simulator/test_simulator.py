@@ -431,6 +431,25 @@ def test_shapes_refuse_an_unknown_stream_framing() -> None:
         Simulator(stream_framing="json")  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("status", [404, 410])
+def test_simulate_removed_answers_both_simulate_endpoints_and_nothing_else(make_simulator: Any, status: int) -> None:
+    sim = make_simulator(simulate_removed=status)
+    for stream in (False, True):
+        response = httpx.post(sim.url + simulate_path(stream=stream), json=spec(ECHO_HISTORY), headers=KEY,
+                              timeout=WAIT)
+        assert response.status_code == status
+        detail = response.json()["detail"]
+        assert detail == "Not Found" if status == 404 else "agent-testing" in detail["message"]
+    assert httpx.get(sim.url + f"/v1/convai/agents/{DEFAULT_AGENT_ID}", headers=KEY).status_code == 200
+    sim.shapes.simulate_removed = None  # switched on the running server
+    assert simulate(sim).status_code == 200
+
+
+def test_simulate_removed_takes_404_or_410_only() -> None:
+    with pytest.raises(ValueError, match="simulate_removed must be one of 404, 410"):
+        Simulator(simulate_removed=500)
+
+
 # HTTP errors and faults -----------------------------------------------------------------------
 
 
@@ -978,3 +997,10 @@ def test_subprocess_shape_flags(tmp_path: Path) -> None:
     turns = [json.loads(event["data"])["simulated_conversation"][0] for event in events[:3]]
     assert turns[:2] == ECHOED and turns[2]["role"] == "agent"
     assert [event.get("event") for event in events[3:]] == ["analysis", None]
+
+
+def test_subprocess_simulate_removed_flag(tmp_path: Path) -> None:
+    with simulator_process(tmp_path, "--simulate-removed", "410") as (_, port):
+        response = httpx.post(f"http://127.0.0.1:{port}" + simulate_path(), json=spec(ECHO_HISTORY), headers=KEY,
+                              timeout=WAIT)
+    assert response.status_code == 410

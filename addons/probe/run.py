@@ -1,0 +1,240 @@
+"""A probe: each scenario over each protocol, recorded through sessiontap into a directory of its own, then checked.
+
+Each run is one recording (the in-process runner, as ``record -- CMD``): the client (a
+sample client in line mode, or the user's ``--client``) is started under the proxy and
+spoken to through the line contract (``lines.py``), the recording is analysed, and the
+scenario's checks (``checks.py``) judge that analysis. Runs are analysed apart, so one
+scenario's traffic never joins another's sessions.
+
+When simulate-conversation answers 404 or 410 (ElevenLabs announced its removal for
+2026-10-31), the probe says so once, skips the HTTP runs left and goes on with the WebSocket
+ones.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sessiontap.core.analysis import Analysis
+from sessiontap.core.errors import SessiontapError
+from sessiontap.core.model import HTTP, WEBSOCKET
+from sessiontap.core.settings import Settings
+from sessiontap.probe.checks import Outcome, Played, judge
+from sessiontap.probe.lines import LineClient
+from sessiontap.probe.scenarios import Scenario
+
+PROTOCOLS = (HTTP, WEBSOCKET)
+SAMPLES = ("fixed", "faulty")
+SAMPLE_SUFFIX = {HTTP: "http", WEBSOCKET: "ws"}  # sample kinds are fixed-http, faulty-ws, ...
+AS_SPOKEN = "client"  # the column of a --client run that was not asked for a protocol
+PROBE_FILE = "probe.json"
+REMOVED_STATUSES = (404, 410)
+SCENARIO_VAR, PROTOCOL_VAR = "SESSIONTAP_PROBE_SCENARIO", "SESSIONTAP_PROBE_PROTOCOL"
+REPLACEMENTS = ("the WebSocket text-only conversation (/v1/convai/conversation) and the agent-testing API "
+                "(/v1/convai/agent-testing/create, then /v1/convai/agents/{agent_id}/run-tests)")
+
+
+class ProbeError(SessiontapError):
+    """The probe cannot go on: the client broke the line contract, or the recording failed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """What to probe, through what, and where to write: the command line, parsed."""
+
+    scenarios: tuple[Scenario, ...]
+    protocols: tuple[str | None, ...]  # None: whatever the --client speaks
+    upstream: str
+    out: Path
+    settings: dict[str, Any] = field(default_factory=dict)  # sessiontap_* values (mitm.yaml, flags)
+    client: tuple[str, ...] = ()  # the user's command; empty: the sample clients
+    sample: str = "fixed"
+    timeout: float = 30.0
+
+    def command(self, protocol: str | None) -> list[str]:
+        """The client command of one run: the user's, or the sample client of that protocol in line mode."""
+        if self.client:
+            return list(self.client)
+        kind = f"{self.sample}-{SAMPLE_SUFFIX[protocol or HTTP]}"
+        return [sys.executable, "-m", "sessiontap.samples", kind, "--stdin"]
+
+
+@dataclass(slots=True)
+class RunResult:
+    """One scenario over one protocol: where it was written, and each check's outcome.
+
+    ``gone`` is the status simulate-conversation answered when it is removed (404/410); the
+    outcomes of such a run, and of the HTTP runs skipped after it, are failures that say so.
+    """
+
+    scenario: str
+    protocol: str
+    out: Path
+    outcomes: list[Outcome]
+    verdict: str = ""
+    gone: int | None = None
+    seconds: float = 0.0
+
+    @property
+    def passed(self) -> bool:
+        """True when every check passed."""
+        return all(o.passed for o in self.outcomes)
+
+    def to_json(self) -> dict[str, Any]:
+        """The run as probe.json holds it."""
+        return {"scenario": self.scenario, "protocol": self.protocol, "out": str(self.out), "passed": self.passed,
+                "gone": self.gone, "verdict": self.verdict,
+                "checks": [{"check": o.check, "passed": o.passed, "reason": o.reason} for o in self.outcomes]}
+
+
+def removed_status(analysis: Analysis) -> int | None:
+    """The status (404, 410) of an upstream-error finding on a simulate-conversation call, or None."""
+    simulate = {c.id for c in analysis.calls if c.protocol == HTTP and c.endpoint.startswith("simulate")}
+    for f in analysis.findings:
+        status = f.evidence.get("status")
+        if f.rule == "upstream-error" and status in REMOVED_STATUSES and simulate.intersection(f.call_ids):
+            return int(status)
+    return None
+
+
+def gone_line(status: int, websocket_next: bool) -> str:
+    """The one line said when simulate-conversation is gone, naming what replaces it."""
+    then = ("the HTTP runs are skipped; the WebSocket half runs" if websocket_next else
+            "the HTTP runs are skipped (probe the WebSocket half with --protocol websocket)")
+    return (f"simulate-conversation answered HTTP {status}: it is gone (ElevenLabs announced its removal for "
+            f"2026-10-31); its replacements are {REPLACEMENTS}; {then}")
+
+
+def spoken(analysis: Analysis) -> list[str]:
+    """The protocols of the calls recorded, in the order first seen."""
+    return list(dict.fromkeys(c.protocol for c in analysis.calls))
+
+
+def play(probe: Probe, scenario: Scenario, protocol: str | None, say: Callable[[str], None]) -> RunResult:
+    """Record one scenario over one protocol through sessiontap, write its report, and check it."""
+    from sessiontap.app.capture import write_report
+    from sessiontap.app.runner import run_record
+
+    out = probe.out / f"{scenario.name}-{protocol or AS_SPOKEN}"
+    settings = {**probe.settings, "sessiontap_upstream": probe.upstream, "sessiontap_out": str(out)}
+    client = LineClient(scenario.lines, probe.timeout)
+    env = {SCENARIO_VAR: scenario.name, **({PROTOCOL_VAR: protocol} if protocol else {})}
+    began = time.monotonic()
+    result = run_record(settings, probe.command(protocol), announce=say, drive=client, extra_env=env)
+    if result.journal_error or result.analysis is None:
+        raise ProbeError(f"{scenario.name} over {protocol or AS_SPOKEN}: the recording failed: "
+                         f"{result.journal_error or 'no analysis'}")
+    analysis_settings = Settings.from_options(settings)
+    write_report(result.analysis, out, out, analysis_settings, redactor=result.redactor)
+    mask = result.redactor.text if result.redactor is not None else str
+    run = judged(scenario, protocol, out, result.analysis, client, analysis_settings.max_context_tokens, mask)
+    run.seconds = time.monotonic() - began
+    if client.note:
+        say(f"sessiontap: note: {client.note}")
+    return run
+
+
+def judged(scenario: Scenario, protocol: str | None, out: Path, analysis: Analysis, client: LineClient,
+           max_context_tokens: int, mask: Callable[[str], str] = str) -> RunResult:
+    """A played run's outcomes, from its analysis and what the client did; ProbeError when it cannot be judged.
+
+    ``mask`` takes the secrets the recording saw out of every text the run's result keeps.
+    """
+    label = protocol or AS_SPOKEN
+    gone = removed_status(analysis) if protocol != WEBSOCKET else None
+    if gone is not None:
+        reason = f"simulate-conversation answered HTTP {gone}: the endpoint is gone"
+        return RunResult(scenario.name, label, out, [Outcome(c, False, reason) for c in scenario.checks],
+                         mask(analysis.verdict()), gone)
+    if client.failure is not None:
+        raise ProbeError(f"{scenario.name} over {label}: {mask(client.failure)} (recorded so far: {out})")
+    if len(client.replies) < len(scenario.lines):  # a signal, or the proxy ended, before the last reply
+        raise ProbeError(f"{scenario.name} over {label}: interrupted after {len(client.replies)} of "
+                         f"{len(scenario.lines)} replies (recorded so far: {out})")
+    seen = spoken(analysis)
+    if protocol is not None and seen and protocol not in seen:
+        raise ProbeError(f"{scenario.name}: asked for {protocol}, the client spoke {' and '.join(seen)}; give "
+                         f"--protocol {seen[0]}, or have the client read {PROTOCOL_VAR}")
+    outcomes = [Outcome(o.check, o.passed, mask(o.reason))
+                for o in judge(Played(scenario, analysis, max_context_tokens))]
+    return RunResult(scenario.name, protocol or "+".join(seen) or AS_SPOKEN, out, outcomes, mask(analysis.verdict()))
+
+
+def skipped(scenario: Scenario, probe: Probe, status: int) -> RunResult:
+    """An HTTP run not played: simulate-conversation is gone."""
+    reason = f"not run: simulate-conversation answered HTTP {status} (gone)"
+    return RunResult(scenario.name, HTTP, probe.out / f"{scenario.name}-{HTTP}",
+                     [Outcome(c, False, reason) for c in scenario.checks], gone=status)
+
+
+def run_probe(probe: Probe, say: Callable[[str], None]) -> list[RunResult]:
+    """Play every scenario over every protocol (the HTTP ones first), say how each went, write probe.json."""
+    runs: list[RunResult] = []
+    gone: int | None = None
+    for protocol in probe.protocols:
+        for scenario in probe.scenarios:
+            if gone is not None and protocol == HTTP:
+                runs.append(skipped(scenario, probe, gone))
+                continue
+            run = play(probe, scenario, protocol, say)
+            runs.append(run)
+            passed = sum(o.passed for o in run.outcomes)
+            say(f"sessiontap: {scenario.name} over {run.protocol}: {passed} of {len(run.outcomes)} checks passed "
+                f"({len(scenario.lines)} messages, {run.seconds:.1f} s)")
+            if run.gone is not None and gone is None:
+                gone = run.gone
+                say("sessiontap: " + gone_line(gone, WEBSOCKET in probe.protocols))
+    write_probe_json(runs, probe.out)
+    return runs
+
+
+def write_probe_json(runs: Sequence[RunResult], out: Path) -> Path:
+    """Write probe.json (every run, every check) into ``out``; return its path."""
+    from sessiontap.findings import version
+
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / PROBE_FILE
+    doc = {"sessiontap": version(), "passed": all(r.passed for r in runs), "runs": [r.to_json() for r in runs]}
+    path.write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    return path
+
+
+def table(runs: Sequence[RunResult], scenarios: Sequence[Scenario]) -> list[str]:
+    """The pass/fail table: per scenario, a row per check and a column per protocol, then why each failure failed."""
+    lines: list[str] = []
+    for scenario in scenarios:
+        mine = [r for r in runs if r.scenario == scenario.name]
+        if not mine:
+            continue
+        width = max(len(c) for c in ("check", *scenario.checks))
+        heads = [r.protocol for r in mine]
+        lines.append(f"{scenario.name}: {scenario.case}")
+        lines.append("  " + "  ".join(["check".ljust(width), *(h.ljust(max(len(h), 4)) for h in heads)]).rstrip())
+        for check in scenario.checks:
+            cells = [_cell(r, check).ljust(max(len(r.protocol), 4)) for r in mine]
+            lines.append("  " + "  ".join([check.ljust(width), *cells]).rstrip())
+        for r in mine:
+            if r.gone is not None:  # one reason for every check
+                lines.append(f"    {r.protocol}: {r.outcomes[0].reason}" if r.outcomes else "")
+                continue
+            lines += [f"    {r.protocol} {o.check}: {o.reason}" for o in r.outcomes if not o.passed]
+        lines.append("")
+    failed = sum(not o.passed for r in runs for o in r.outcomes)
+    total = sum(len(r.outcomes) for r in runs)
+    lines.append(f"{total - failed} of {total} checks passed" + (f", {failed} failed" if failed else ""))
+    return lines
+
+
+def _cell(run: RunResult, check: str) -> str:
+    outcome = next((o for o in run.outcomes if o.check == check), None)
+    if outcome is None:
+        return "-"
+    if outcome.passed:
+        return "pass"
+    return "gone" if run.gone is not None else "FAIL"

@@ -1,0 +1,1 @@
+"""Tests for sessiontap.probe: the probe command, its checks and line contract, and the pytest plugin."""

@@ -1,0 +1,150 @@
+"""Tests for addons/probe/plugin.py (and tap.py): the `sessiontap` fixture used from a test module that imports
+nothing of sessiontap, in a pytest process of its own (pytester), as a user's repository would."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+from sessiontap.probe.tap import TapError, Where
+from sessiontap.router import DEFAULT_UPSTREAM
+
+pytest_plugins = ["pytester"]
+
+# The README's worked example, as a user writes it: their client reads ELEVENLABS_BASE_URL; the fixture sets it.
+EXAMPLE = '''
+import os
+import subprocess
+import sys
+
+import httpx
+import pytest
+
+MESSAGES = ["I need to classify cotton t-shirts for import.", "They are made in Vietnam.", "Which HS code fits?"]
+
+
+class ChatClient:
+    """The code under test: a simulate-conversation client that keeps (or, faulty, drops) the history."""
+
+    def __init__(self, keep_history):
+        self.base = os.environ.get("ELEVENLABS_BASE_URL", "https://api.elevenlabs.io")
+        self.keep_history = keep_history
+        self.history = []
+
+    def send(self, text):
+        self.history.append({"role": "user", "message": text, "time_in_call_secs": len(self.history)})
+        body = {"simulation_specification": {
+                    "simulated_user_config": {"prompt": {"prompt": "a customs officer"}},
+                    "partial_conversation_history": self.history if self.keep_history else self.history[-1:]},
+                "new_turns_limit": 1}
+        answer = httpx.post(f"{self.base}/v1/convai/agents/agent_demo/simulate-conversation", json=body,
+                            headers={"xi-api-key": os.environ["ELEVENLABS_API_KEY"]}, timeout=30)
+        answer.raise_for_status()
+        reply = next(t["message"] for t in answer.json()["simulated_conversation"] if t["role"] == "agent")
+        self.history.append({"role": "agent", "message": reply, "time_in_call_secs": len(self.history)})
+        return reply
+
+
+@pytest.mark.parametrize("keep_history", [True, False], ids=["fixed", "faulty"])
+def test_http_client_continues(sessiontap, keep_history):
+    client = ChatClient(keep_history)
+    for text in MESSAGES:
+        client.send(text)
+    sessiontap.assert_continuous(sessions=1)
+
+
+@pytest.mark.sessiontap(mode="regular")
+def test_http_client_through_https_proxy(sessiontap):
+    client = ChatClient(keep_history=True)  # no base URL: https://api.elevenlabs.io through HTTPS_PROXY
+    assert "ELEVENLABS_BASE_URL" not in os.environ and os.environ["HTTPS_PROXY"].startswith("http://127.0.0.1:")
+    for text in MESSAGES:
+        client.send(text)
+    sessiontap.assert_continuous()
+
+
+@pytest.mark.parametrize("kind", ["fixed-ws", "faulty-ws"])
+def test_websocket_client_continues(sessiontap, kind):
+    subprocess.run([sys.executable, "-m", "sessiontap.samples", kind, "--turns", "3"], check=True, timeout=60,
+                   capture_output=True)
+    assert len(sessiontap.calls) == 3
+    sessiontap.assert_continuous(sessions=1)
+
+
+def test_what_went_through_is_analysed_when_asked(sessiontap):
+    client = ChatClient(keep_history=True)
+    assert sessiontap.calls == [] and sessiontap.base_url == os.environ["ELEVENLABS_BASE_URL"]
+    client.send(MESSAGES[0])
+    client.send(MESSAGES[1])
+    assert len(sessiontap.calls) == 2 and len(sessiontap.sessions) == 1 and sessiontap.findings == []
+    assert sessiontap.ws_url == sessiontap.base_url.replace("http://", "ws://")
+'''
+
+
+@pytest.fixture
+def example(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, sessiontap_home: Path) -> pytest.Pytester:
+    monkeypatch.setenv("SESSIONTAP_HOME", str(sessiontap_home))  # pytester moves HOME: keep one CA for the run
+    for name in ("ELEVENLABS_BASE_URL", "ELEVENLABS_API_KEY", "HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    pytester.makepyfile(test_example=EXAMPLE)
+    return pytester
+
+
+def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    return pytester.runpytest_subprocess("-p", "no:cacheprovider", "-W", "ignore", *args, timeout=180)
+
+
+def test_the_example_imports_nothing_of_sessiontap():
+    imported = [n for node in ast.walk(ast.parse(EXAMPLE)) if isinstance(node, ast.Import | ast.ImportFrom)
+                for n in ([a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""])]
+    assert imported and not [n for n in imported if n.startswith("sessiontap")]
+
+
+def test_the_fixture_passes_fixed_clients_and_fails_faulty_ones_with_the_findings_and_the_report(
+        example: pytest.Pytester, tmp_path: Path):
+    out = tmp_path / "captures"
+    result = run(example, f"--sessiontap-out={out}")
+    result.assert_outcomes(passed=4, failed=2)
+    text = result.stdout.str()
+    result.stdout.fnmatch_lines([
+        "*test_http_client_continues?faulty?*",
+        "E*AssertionError: sessiontap: the conversation does not continue: 1 session * 2 resets: context lost 2*",
+        "E*error [[]context-reset] *: context went back to empty at call #2 of the session*",
+        "E*report: *test_http_client_continues_faulty_/report.html",
+    ])
+    result.stdout.fnmatch_lines([
+        "*test_websocket_client_continues?faulty-ws?*",
+        "E*error [[]new-conversation-per-message] durin-*: 3 server conversations for one session*",
+    ])
+    assert "error [repeated-opening]" in text
+    reports = re.findall(r"report: (\S+report\.html)", text)
+    assert len(reports) == 2 and all(Path(p).is_file() for p in reports)
+    for test in ("test_http_client_continues_fixed_", "test_http_client_through_https_proxy",
+                 "test_websocket_client_continues_fixed-ws_"):  # a directory a test, named for its node id
+        assert all((out / f"test_example.py_{test}" / name).is_file()
+                   for name in ("flows.mitm", "findings.json", "report.html")), test
+    replayed = run(example, "-k", "test_http_client_continues and fixed",
+                   f"--sessiontap-replay={out / 'test_example.py_test_http_client_continues_fixed_'}")
+    replayed.assert_outcomes(passed=1)  # answered from the capture, offline
+
+
+def test_live_and_a_remote_upstream_are_refused_before_anything_is_sent(example: pytest.Pytester):
+    result = run(example, "--sessiontap-live", "-k", "test_what_went_through")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*sessiontap: --sessiontap-live sends the test's traffic to the real ElevenLabs API "
+                                 "and needs ELEVENLABS_API_KEY*"])
+    remote = run(example, "--sessiontap-upstream=https://api.elevenlabs.io", "-k", "test_what_went_through")
+    remote.assert_outcomes(errors=1)
+    remote.stdout.fnmatch_lines(["*--sessiontap-upstream https://api.elevenlabs.io is not on this machine; add "
+                                 "--sessiontap-live*"])
+
+
+def test_live_targets_the_real_api_by_construction():
+    assert Where(live=True).target({"ELEVENLABS_API_KEY": "sk_x"}) == DEFAULT_UPSTREAM == "https://api.elevenlabs.io"
+    assert Where().target({}) is None  # the simulator
+    with pytest.raises(TapError, match="a replay answers from its capture"):
+        Where(replay=Path("flows.mitm"), live=True).target({"ELEVENLABS_API_KEY": "sk_x"})
+    with pytest.raises(TapError, match="mode must be reverse or regular"):
+        Where(mode="socks").target({})

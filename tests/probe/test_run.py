@@ -1,0 +1,209 @@
+"""Tests for addons/probe/run.py through `sessiontap probe`: real mitmproxy, the simulator, real line clients."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sessiontap.probe.scenarios import NAMES
+from sessiontap.simulator.server import running_simulator
+from tests.conftest import SESSIONTAP, clean_env
+
+PROTOCOLS = ("http", "websocket")
+CHECKS = {"conversation": ["facts-carried", "one-session", "opening-once", "context-grows"],
+          "product": ["facts-carried", "opening-once"], "officer": ["facts-carried", "opening-once"],
+          "persistence": ["one-session", "context-grows"], "context-size": ["context-size", "context-grows"]}
+# How the faulty sample clients fail each check (--turns 3): the rule, or the words, each reason starts with.
+FAULTY = {
+    "http": {"facts-carried": "context-missing-turn: the newest user message is missing from `conversation_context`",
+             "one-session": "context-reset: context went back to empty at call #2",
+             "opening-once": "repeated-opening: the agent answered with its opening line again",
+             "context-grows": "the context did not grow: 0 turns at message 1",
+             "context-size": "after 12 messages the product ('cotton t-shirts') is no longer in the context"},
+    "websocket": {"facts-carried": "the product ('cotton t-shirts', said in message 1) is not in the context of "
+                                   "message 2 (websocket transcript: 1 turn)",
+                  "one-session": "new-conversation-per-message: ",
+                  "opening-once": "repeated-opening: the agent answered with its opening line again",
+                  "context-grows": "the context did not grow: 1 turn at message 1",
+                  "context-size": "after 12 messages the product ('cotton t-shirts') is no longer in the context"},
+}
+LINE_CLIENT = """import os, runpy, sys
+assert os.environ["SESSIONTAP_PROBE_SCENARIO"] == "persistence"
+kind = {"http": "fixed-http", "websocket": "fixed-ws"}[os.environ["SESSIONTAP_PROBE_PROTOCOL"]]
+sys.argv = ["client", kind, "--stdin"]
+runpy.run_module("sessiontap.samples", run_name="__main__")
+"""
+
+
+def runs_of(out: Path) -> list[dict[str, Any]]:
+    return json.loads((out / "probe.json").read_text())["runs"]
+
+
+def rows(stdout: str) -> dict[str, list[str]]:
+    """The table's check rows, scenario by scenario: 'scenario check' -> its cells."""
+    out: dict[str, list[str]] = {}
+    scenario = ""
+    for line in stdout.splitlines():
+        if line and not line.startswith(" "):
+            scenario = line.split(":")[0]
+        elif line.startswith("  ") and not line.startswith("    ") and not line.startswith("  check"):
+            check, *cells = line.split()
+            out[f"{scenario} {check}"] = cells
+    return out
+
+
+def test_the_fixed_samples_pass_every_scenario_over_both_protocols(sessiontap, tmp_path: Path):
+    out = tmp_path / "probe"
+    run = sessiontap("probe", "--out", str(out), timeout=240)  # the defaults: regular mode, all, both, simulator
+    assert run.code == 0, run.stderr
+    runs = runs_of(out)
+    assert [(r["scenario"], r["protocol"]) for r in runs] == [(s, p) for p in PROTOCOLS for s in NAMES]
+    assert all(c["passed"] for r in runs for c in r["checks"]), runs
+    assert rows(run.stdout) == {f"{s} {c}": ["pass", "pass"] for s in NAMES for c in CHECKS[s]}
+    assert "24 of 24 checks passed" in run.stdout and "Traceback" not in run.stderr
+    for r in runs:
+        assert [c["check"] for c in r["checks"]] == CHECKS[r["scenario"]]
+        assert all((Path(r["out"]) / name).is_file() for name in ("flows.mitm", "findings.json", "report.html"))
+        assert f"sessiontap: {r['scenario']} over {r['protocol']}: {len(r['checks'])} of {len(r['checks'])} " \
+               "checks passed" in run.stderr
+    assert "the conversation continues" in runs[0]["verdict"]
+
+
+def test_the_faulty_samples_fail_every_check_naming_the_findings(sessiontap, tmp_path: Path):
+    out = tmp_path / "probe"
+    run = sessiontap("probe", "--sample", "faulty", "--mode", "reverse", "--turns", "3", "--out", str(out),
+                     timeout=240)
+    assert run.code == 1, run.stderr
+    runs = runs_of(out)
+    assert len(runs) == 10 and not any(c["passed"] for r in runs for c in r["checks"])
+    for r in runs:
+        for c in r["checks"]:
+            assert c["reason"].startswith(FAULTY[r["protocol"]][c["check"]]), (r["scenario"], r["protocol"], c)
+            assert f"    {r['protocol']} {c['check']}: {c['reason']}" in run.stdout
+    assert rows(run.stdout) == {f"{s} {c}": ["FAIL", "FAIL"] for s in NAMES for c in CHECKS[s]}
+    assert "0 of 24 checks passed, 24 failed" in run.stdout
+
+
+def test_client_probes_its_protocol_as_asked_through_the_environment(sessiontap, tmp_path: Path):
+    script = tmp_path / "client.py"
+    script.write_text(LINE_CLIENT)
+    out = tmp_path / "probe"
+    run = sessiontap("probe", "--client", f"{sys.executable} {script}", "--protocol", "both", "--scenario",
+                     "persistence", "--mode", "reverse", "--out", str(out))
+    assert run.code == 0, run.stderr
+    assert [(r["protocol"], r["passed"]) for r in runs_of(out)] == [("http", True), ("websocket", True)]
+    assert f"probing `{sys.executable} {script}`" in run.stderr
+
+
+def test_client_without_a_protocol_runs_once_labelled_by_what_it_spoke(sessiontap, tmp_path: Path):
+    out = tmp_path / "probe"
+    fixed = sessiontap("probe", "--client", f"{sys.executable} -m sessiontap.samples fixed-ws --stdin",
+                       "--scenario", "officer", "--mode", "reverse", "--out", str(out))
+    assert fixed.code == 0, fixed.stderr
+    (only,) = runs_of(out)
+    assert only["protocol"] == "websocket" and Path(only["out"]).name == "officer-client"
+    faulty = sessiontap("probe", "--client", f"{sys.executable} -m sessiontap.samples faulty-http --stdin",
+                        "--scenario", "officer", "--mode", "reverse", "--out", str(tmp_path / "faulty"))
+    assert faulty.code == 1
+    failed = {c["check"]: c["reason"] for c in runs_of(tmp_path / "faulty")[0]["checks"]}
+    assert failed["opening-once"].startswith("repeated-opening:")
+    assert failed["facts-carried"].startswith("context-missing-turn:")
+
+
+@pytest.mark.parametrize(("client", "said"), [
+    ("{python} -c \"import sys; sys.stdin.readline(); sys.exit('no agent configured')\"",
+     "conversation over http: the client exited (code 1) before replying to message 1; it said last: "
+     "no agent configured (recorded so far: "),
+    ("{python} -m sessiontap.samples fixed-http --stdin --protocol websocket",
+     "conversation: asked for websocket, the client spoke http; give --protocol http, or have the client read "
+     "SESSIONTAP_PROBE_PROTOCOL"),
+    ("no-such-client-command", "cannot run 'no-such-client-command'"),
+])
+def test_a_client_that_breaks_the_contract_stops_the_probe_with_one_line(sessiontap, tmp_path: Path, client: str,
+                                                                        said: str):
+    command, _, protocol = client.format(python=sys.executable).partition(" --protocol ")
+    run = sessiontap("probe", "--client", command, "--protocol", protocol or "http", "--scenario", "conversation",
+                     "--mode", "reverse", "--out", str(tmp_path / "probe"))
+    assert run.code == 1
+    errors = [line for line in run.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and said in errors[0], run.stderr
+    assert "Traceback" not in run.stderr and run.stdout == ""
+
+
+@pytest.fixture
+def removed_404(sessiontap_home: Path) -> Iterator[str]:
+    """`sessiontap simulate --simulate-removed 404` on a free port: its URL."""
+    proc = subprocess.Popen([SESSIONTAP, "simulate", "--port", "0", "--simulate-removed", "404"], text=True,
+                            stdout=subprocess.PIPE, env=clean_env(sessiontap_home))
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()  # "ElevenLabs simulator listening on http://127.0.0.1:PORT"
+        assert "listening on http://127.0.0.1:" in line, line
+        yield line.split()[-1]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def gone_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if "simulate-conversation answered HTTP" in line]
+
+
+def test_when_simulate_conversation_is_gone_the_http_half_says_so_and_the_websocket_half_runs(
+        sessiontap, tmp_path: Path, removed_404: str):
+    out = tmp_path / "probe"
+    run = sessiontap("probe", "--to", removed_404, "--turns", "2", "--mode", "reverse", "--out", str(out),
+                     timeout=240)
+    assert run.code == 1, run.stderr
+    (line,) = gone_lines(run.stderr)
+    for words in ("HTTP 404: it is gone", "2026-10-31", "WebSocket text-only conversation (/v1/convai/conversation)",
+                  "agent-testing API (/v1/convai/agent-testing/create, then /v1/convai/agents/{agent_id}/run-tests)",
+                  "the HTTP runs are skipped; the WebSocket half runs"):
+        assert words in line
+    runs = runs_of(out)
+    http, websocket = runs[:5], runs[5:]
+    assert [r["gone"] for r in http] == [404] * 5 and not any(r["passed"] for r in http)
+    assert [r["scenario"] for r in websocket] == list(NAMES) and all(r["passed"] for r in websocket)
+    assert (out / "conversation-http" / "findings.json").is_file()  # the one HTTP run played
+    assert not (out / "product-http").exists()  # the others were not
+    assert rows(run.stdout) == {f"{s} {c}": ["gone", "pass"] for s in NAMES for c in CHECKS[s]}
+    assert "    http: simulate-conversation answered HTTP 404: the endpoint is gone" in run.stdout
+
+
+def test_a_410_over_http_alone_points_at_the_websocket_half(sessiontap, tmp_path: Path):
+    with running_simulator(simulate_removed=410) as sim:
+        run = sessiontap("probe", "--to", sim.url, "--protocol", "http", "--scenario", "product", "--mode",
+                         "reverse", "--out", str(tmp_path / "probe"))
+    assert run.code == 1
+    (line,) = gone_lines(run.stderr)
+    assert "HTTP 410" in line and "probe the WebSocket half with --protocol websocket" in line
+
+
+def test_an_interrupted_probe_ends_with_one_line_and_stops_its_client(sessiontap_home: Path, tmp_path: Path):
+    script = tmp_path / "slow.py"
+    script.write_text("import sys, time\nsys.stdin.readline()\nprint('first', flush=True)\nsys.stdin.readline()\n"
+                      "time.sleep(60)\n")
+    proc = subprocess.Popen([SESSIONTAP, "probe", "--client", f"{sys.executable} {script}", "--protocol", "http",
+                             "--scenario", "conversation", "--mode", "reverse", "--out", str(tmp_path / "probe")],
+                            stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=clean_env(sessiontap_home))
+    try:
+        assert proc.stderr is not None
+        for _ in range(20):  # the run's first lines: the probe, then the proxy recording
+            if "recording to" in proc.stderr.readline():
+                break
+        time.sleep(1.0)  # the first reply comes at once, the second never
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1 and "Traceback" not in err
+    assert "Error: conversation over http: interrupted after 1 of 5 replies (recorded so far: " in err
