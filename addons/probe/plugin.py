@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -89,8 +90,10 @@ def sessiontap(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch,
     Call ``sessiontap.assert_continuous()`` after the conversation; ``calls``, ``sessions``
     and ``findings`` hold what went through it so far.
     """
-    from sessiontap.core.errors import SessiontapError
-    from sessiontap.probe.tap import Tap, Where
+    with warnings.catch_warnings():  # mitmproxy's own deprecated calls into its parsers: not the user's to see
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from sessiontap.core.errors import SessiontapError
+        from sessiontap.probe.tap import Tap, Where
 
     upstream, _ = _setting(request, "upstream")
     mode, _ = _setting(request, "mode")
@@ -100,7 +103,9 @@ def sessiontap(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch,
     out = base / re.sub(r"[^\w.-]+", "_", request.node.nodeid)[-120:] if base else tmp_path / "sessiontap"
     tap = Tap(out, where, request.node.nodeid, _path(request, "config"))
     try:
-        tap.start()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            tap.start()
     except SessiontapError as e:
         pytest.fail(f"sessiontap: {e}", pytrace=False)
     for name, value in list(tap.changes(os.environ)):
