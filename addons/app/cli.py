@@ -497,7 +497,8 @@ def probe(config: Path | None, protocol: str | None, scenario_name: str, turns: 
     The --client contract (python -m sessiontap.samples KIND --stdin keeps it):
     - CMD starts once per scenario (and protocol), its environment pointed at
       the proxy as `record -- CMD` does it, plus SESSIONTAP_PROBE_SCENARIO and,
-      when --protocol is given, SESSIONTAP_PROBE_PROTOCOL (http or websocket);
+      when --protocol is given, SESSIONTAP_PROBE_PROTOCOL (http or websocket),
+      and unless --live a placeholder ELEVENLABS_API_KEY when none is set;
     - each user message is written to its stdin as one UTF-8 line; it answers
       with the agent's reply as one line on stdout (line breaks made spaces,
       flushed) before the next message is written;
@@ -539,8 +540,8 @@ def probe(config: Path | None, protocol: str | None, scenario_name: str, turns: 
         with running_simulator() if upstream is None else contextlib.nullcontext() as sim:
             url = sim.url if sim is not None else str(upstream)
             say(f"sessiontap: probing {who} through sessiontap to {'the simulator at ' if sim else ''}{url}")
-            runs = run_probe(Probe(scenarios, protocols, url, target, settings, command, sample or "fixed", timeout),
-                             say)
+            runs = run_probe(Probe(scenarios, protocols, url, target, settings, command, sample or "fixed", timeout,
+                                   live), say)
     except SessiontapError as e:
         raise click.ClickException(str(e)) from e
     for line in table(runs, scenarios):

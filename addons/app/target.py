@@ -9,6 +9,8 @@ from collections.abc import Mapping
 from sessiontap.core.errors import SessiontapError
 from sessiontap.router import DEFAULT_UPSTREAM, parse_upstream
 
+PLACEHOLDER_KEY = "sk_sessiontap_placeholder"  # ELEVENLABS_API_KEY for the simulator or a replay when none is set
+
 
 class TargetError(SessiontapError, ValueError):
     """A command may not send where it was asked to (checked before anything is sent)."""

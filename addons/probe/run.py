@@ -14,6 +14,7 @@ ones.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sessiontap.app.target import PLACEHOLDER_KEY
 from sessiontap.core.analysis import Analysis
 from sessiontap.core.errors import SessiontapError
 from sessiontap.core.model import HTTP, WEBSOCKET
@@ -56,6 +58,7 @@ class Probe:
     client: tuple[str, ...] = ()  # the user's command; empty: the sample clients
     sample: str = "fixed"
     timeout: float = 30.0
+    live: bool = False  # the real API: the client's own ELEVENLABS_API_KEY, never a placeholder
 
     def command(self, protocol: str | None) -> list[str]:
         """The client command of one run: the user's, or the sample client of that protocol in line mode."""
@@ -125,6 +128,8 @@ def play(probe: Probe, scenario: Scenario, protocol: str | None, say: Callable[[
     settings = {**probe.settings, "sessiontap_upstream": probe.upstream, "sessiontap_out": str(out)}
     client = LineClient(scenario.lines, probe.timeout)
     env = {SCENARIO_VAR: scenario.name, **({PROTOCOL_VAR: protocol} if protocol else {})}
+    if not probe.live and not os.environ.get("ELEVENLABS_API_KEY"):
+        env["ELEVENLABS_API_KEY"] = PLACEHOLDER_KEY  # the simulator wants one; a client may insist on one too
     began = time.monotonic()
     result = run_record(settings, probe.command(protocol), announce=say, drive=client, extra_env=env)
     if result.journal_error or result.analysis is None:

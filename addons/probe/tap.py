@@ -13,6 +13,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
+from sessiontap.app.target import PLACEHOLDER_KEY
 from sessiontap.core.errors import CaptureError, SessiontapError
 from sessiontap.router import ws_origin
 
@@ -26,7 +27,6 @@ if TYPE_CHECKING:
     from sessiontap.replay.server import ReplayServer
 
 START_TIMEOUT = 30.0  # seconds for the proxy to listen, and for it to stop
-PLACEHOLDER_KEY = "sk_sessiontap_placeholder"  # ELEVENLABS_API_KEY for the simulator or a replay when none is set
 MODES = ("reverse", "regular")
 READ_TRIES = 3
 FLAGS = ("--sessiontap-upstream", "--sessiontap-live")  # how the plugin's options are named in errors

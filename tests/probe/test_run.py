@@ -118,6 +118,35 @@ def test_client_without_a_protocol_runs_once_labelled_by_what_it_spoke(sessionta
     assert failed["facts-carried"].startswith("context-missing-turn:")
 
 
+SDK_CLIENT = Path(__file__).resolve().parents[1] / "clients" / "matrix" / "sdk_client.py"
+
+
+@pytest.mark.parametrize(("behaviour", "failed"), [
+    ("--protocol http", {}),
+    ("--protocol http --behaviour new-message-only", {"facts-carried": "the product ('cotton t-shirts', said in "
+                                                      "message 1) is not in the context of message 2",
+                                                      "one-session": "context-reset: ",
+                                                      "context-grows": "the context did not grow"}),
+    ("--protocol websocket", {}),
+    ("--protocol websocket --behaviour socket-per-message", {"one-session": "new-conversation-per-message: ",
+                                                             "opening-once": "repeated-opening: "}),
+])
+def test_a_client_on_the_official_sdk_that_declares_no_session_is_probed_through_the_line_contract(
+        sessiontap, tmp_path: Path, behaviour: str, failed: dict[str, str]):
+    """Not our sample: the `elevenlabs` SDK's simulate_conversation and Conversation, no session id, no API key set."""
+    out = tmp_path / "probe"
+    run = sessiontap("probe", "--client", f"{sys.executable} {SDK_CLIENT} --stdin {behaviour}", "--scenario",
+                     "conversation", "--mode", "reverse", "--out", str(out), env={"ELEVENLABS_API_KEY": ""})
+    assert run.code == (1 if failed else 0), run.stderr
+    (only,) = runs_of(out)
+    assert only["protocol"] == behaviour.split()[1]
+    reasons = {c["check"]: c["reason"] for c in only["checks"] if not c["passed"]}
+    assert set(reasons) >= set(failed), reasons
+    for check, start in failed.items():
+        assert reasons[check].startswith(start), (check, reasons[check])
+    assert bool(reasons) == bool(failed)
+
+
 @pytest.mark.parametrize(("client", "said"), [
     ("{python} -c \"import sys; sys.stdin.readline(); sys.exit('no agent configured')\"",
      "conversation over http: the client exited (code 1) before replying to message 1; it said last: "

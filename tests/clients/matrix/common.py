@@ -91,6 +91,12 @@ def make_parser(doc: str) -> argparse.ArgumentParser:
         help="copies of the whole run to play at once, in threads (default 1)",
     )
     parser.add_argument(
+        "--stdin",
+        action="store_true",
+        help="sessiontap probe's line contract: user messages from stdin, one a line, each reply printed "
+        "alone on one stdout line before the next is read",
+    )
+    parser.add_argument(
         "--timeout",
         type=float,
         default=DEFAULT_TIMEOUT,
@@ -101,11 +107,12 @@ def make_parser(doc: str) -> argparse.ArgumentParser:
 
 
 _print_lock = threading.Lock()
+_prefix = "agent: "  # none under --stdin: the line is the reply
 
 
 def say(reply: str) -> None:
     """Print one agent reply as one stdout line (inner line breaks become spaces)."""
-    line = "agent: " + " ".join(reply.splitlines())
+    line = _prefix + " ".join(reply.splitlines())
     with _print_lock:
         print(line, flush=True)
 
@@ -177,9 +184,15 @@ def main(parser: argparse.ArgumentParser, play, check=None) -> None:
     """Parse flags (`check(args)` may return a usage error), then run `play(target, args)`
     once per conversation in each of `--concurrent` threads. Exit 0 on success, else 1
     with one line on stderr."""
+    global _prefix
     args = parser.parse_args()
     if check and (problem := check(args)):
         parser.error(problem)
+    if args.stdin:
+        if args.conversations > 1 or args.concurrent > 1:
+            parser.error("--stdin plays one conversation: no --conversations or --concurrent")
+        args.messages = (line.rstrip("\n") for line in sys.stdin if line.strip())  # read as they come
+        _prefix = ""
     errors = []
     try:
         target = Target()

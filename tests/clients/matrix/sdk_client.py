@@ -161,7 +161,7 @@ class Session:
 def play_websocket(target: common.Target, args) -> None:
     client = ElevenLabs(api_key=target.api_key, base_url=target.base_url, timeout=args.timeout)
     user_id = (args.user_id or str(uuid.uuid4())) if args.declare == "user-id" else None
-    per_socket = [args.messages] if args.behaviour == "one-socket" else [[m] for m in args.messages]
+    per_socket = [args.messages] if args.behaviour == "one-socket" else ([m] for m in args.messages)  # lazy: --stdin
     for messages in per_socket:
         session = Session(client, target, args, user_id)
         try:

@@ -116,7 +116,7 @@ def ask(ws: ClientConnection, text: str, timeout: float) -> str:
 
 def play(target: common.Target, args) -> None:
     user_id, session_id = args.user_id or str(uuid.uuid4()), str(uuid.uuid4())
-    per_socket = [args.messages] if args.behaviour == "one-socket" else [[m] for m in args.messages]
+    per_socket = [args.messages] if args.behaviour == "one-socket" else ([m] for m in args.messages)  # lazy: --stdin
     for messages in per_socket:
         with conversation_socket(target, args, user_id, session_id) as ws:
             for message in messages:
