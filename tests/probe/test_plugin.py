@@ -131,6 +131,64 @@ def test_the_fixture_passes_fixed_clients_and_fails_faulty_ones_with_the_finding
     replayed.assert_outcomes(passed=1)  # answered from the capture, offline
 
 
+# Clients we did not write, in the shapes most real ones take: the official SDK and raw websockets, no session id.
+THIRD_PARTY = '''
+import json
+import os
+
+import pytest
+import websockets.sync.client
+from elevenlabs import ElevenLabs
+
+LINES = ["I need to classify cotton t-shirts for import.", "They are made in Vietnam.", "What HS code applies?"]
+
+
+@pytest.mark.parametrize("keep_history", [True, False], ids=["sdk-history", "sdk-newest-only"])
+def test_sdk(sessiontap, keep_history):
+    client = ElevenLabs(api_key=os.environ["ELEVENLABS_API_KEY"], base_url=os.environ["ELEVENLABS_BASE_URL"])
+    history = []
+    for line in LINES:
+        history.append({"role": "user", "message": line, "time_in_call_secs": len(history)})
+        answer = client.conversational_ai.agents.simulate_conversation(
+            agent_id="agent_demo", new_turns_limit=1, simulation_specification={
+                "simulated_user_config": {"first_message": line},
+                "partial_conversation_history": history if keep_history else history[-1:]})
+        reply = [t for t in answer.simulated_conversation if t.role == "agent"][-1].message
+        history.append({"role": "agent", "message": reply, "time_in_call_secs": len(history)})
+    sessiontap.assert_continuous()
+
+
+@pytest.mark.parametrize("sockets", [1, 3], ids=["ws-one-socket", "ws-socket-per-message"])
+def test_raw_websocket(sessiontap, sockets):
+    url = f"{sessiontap.ws_url}/v1/convai/conversation?agent_id=agent_demo"
+    for part in ([LINES] if sockets == 1 else [[line] for line in LINES]):
+        with websockets.sync.client.connect(url) as ws:
+            ws.send(json.dumps({"type": "conversation_initiation_client_data"}))
+            for line in part:
+                ws.send(json.dumps({"type": "user_message", "text": line}))
+                while json.loads(ws.recv(timeout=10)).get("type") != "agent_response":
+                    pass
+    sessiontap.assert_continuous()
+'''
+
+
+def test_clients_we_did_not_write_pass_when_they_continue_and_fail_with_the_rule_when_not(
+        example: pytest.Pytester):
+    example.makepyfile(test_third_party=THIRD_PARTY)
+    result = run(example, "test_third_party.py")
+    result.assert_outcomes(passed=2, failed=2, warnings=0)
+    result.stdout.fnmatch_lines([
+        "*test_sdk?sdk-newest-only?*",
+        "E*error [[]context-reset] *: context went back to empty at call #2 of the session*",
+    ])
+    result.stdout.fnmatch_lines([
+        "*test_raw_websocket?ws-socket-per-message?*",
+        "E*error [[]new-conversation-per-message] *: 3 server conversations for one session*",
+    ])
+    failed = re.findall(r"^FAILED test_third_party.py::(\S+)", result.stdout.str(), re.M)
+    assert sorted(failed) == ["test_raw_websocket[ws-socket-per-message]", "test_sdk[sdk-newest-only]"]
+
+
 def test_live_and_a_remote_upstream_are_refused_before_anything_is_sent(example: pytest.Pytester):
     result = run(example, "--sessiontap-live", "-k", "test_what_went_through")
     result.assert_outcomes(errors=1)
