@@ -56,6 +56,9 @@ class Scrubber:
         adapt.redact_request(flow.request, self.redactor)
         flow.metadata.pop("proxyauth", None)  # the proxy user and password, when the proxy is exposed
         if flow.response is not None and flow.websocket is None:
+            if flow.client_conn.timestamp_end is not None:  # the client hung up while a hook awaited: never sent
+                self._redact_response(flow)
+                return
             held = self.unsent[flow.client_conn.id]
             held.append(flow)
             if len(held) > MAX_UNSENT:

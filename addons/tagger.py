@@ -180,14 +180,22 @@ class SessionTagger:
             return
         call = started.decoded.calls[0]
         self.tracker.assign(call)
+        if flow.error is not None:  # it failed while its body was decoded off the loop: its error hook has run
+            self._ended_in_error(flow, started)
+            return
         self.pending[flow.id] = started
         flow.request.headers[TAG_HEADER] = call.session
         flow.metadata[META_KEY].update(session=call.session, session_source=call.session_source)
 
     def _prework(self, body: bytes | None) -> None:
-        if body:
-            for fn in self.prework:
+        """A head start for later hooks: a failure here costs them the time, never the decode."""
+        if not body:
+            return
+        for fn in self.prework:
+            try:
                 fn(body)
+            except Exception:  # noqa: BLE001 - fail open
+                log.exception("sessiontap: prework %s failed", getattr(fn, "__qualname__", fn))
 
     @guarded
     def response(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
@@ -233,7 +241,9 @@ class SessionTagger:
     def error(self, flow: http.HTTPFlow) -> None:
         if not flow.live or not is_conversational(flow.request.path.split("?", 1)[0]):
             return
-        started = self.pending.pop(flow.id, None)
+        self._ended_in_error(flow, self.pending.pop(flow.id, None))
+
+    def _ended_in_error(self, flow: http.HTTPFlow, started: SimulateRequest | None) -> None:
         msg = flow.error.msg if flow.error else "unknown error"
         if started is None:  # no call to pin it on: the failure is a note of its own
             self._emit(flow, Decoded(notes=[Note(flow.id, "upstream-error", msg)]))

@@ -72,7 +72,10 @@ class TurnsSoFar(Sequence[Turn]):
     def __getitem__(self, i: slice) -> list[Turn]: ...
     def __getitem__(self, i: int | slice) -> Turn | list[Turn]:
         if isinstance(i, slice):
-            return self._log[slice(*i.indices(self._n))]
+            start, stop, step = i.indices(self._n)
+            if step == 1:
+                return self._log[start:stop]
+            return [self._log[k] for k in range(start, stop, step)]  # a stop of -1 would read as the list's end
         if not -self._n <= i < self._n:
             raise IndexError("turn index out of range")
         return self._log[i % self._n]
@@ -202,7 +205,7 @@ class Call:
 
     def to_json(self, context: Turns | None = None,
                 extra_context: dict[str, list[Turn]] | None = None) -> dict[str, Any]:
-        """A JSON-ready dict of this call (turns as {role, text, time}), what ``asdict`` gives, built directly.
+        """A JSON-ready dict of this call (turns as {role, text, time}), built directly (``asdict`` of a list context).
 
         ``context`` and ``extra_context`` stand in for the call's own (a journal line keeps their tails).
         """

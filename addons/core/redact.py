@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -65,6 +66,7 @@ class Redactor:
         # secrets known then, the answer. A big body is checked once, maybe in a worker thread ahead of
         # the hooks (the tagger's), then found here by the scrubber and the journal.
         self._answers: dict[int, tuple[bytes, int, bool]] = {}
+        self._answers_lock = threading.Lock()  # the tagger's worker thread checks bodies too
         self.by_length: list[str] = []  # the seen values, longest first (a value inside another is masked after it)
 
     def _remember(self, value: str) -> None:
@@ -91,15 +93,17 @@ class Redactor:
         are not parsed and walked on the proxy's hot path.
         """
         known = tuple(self.seen_bytes)  # a snapshot: a worker thread may check while the loop learns a secret
-        last = self._answers.get(id(raw))
+        with self._answers_lock:
+            last = self._answers.get(id(raw))
         if last is not None and last[0] is raw and last[1] == len(known):
             return last[2]  # the same body again (the scrubber, then the journal): a big one costs a pass each
         low = raw.lower()
         found = any(n in low for n in self.needles) or any(v in raw for v in known)
         if len(raw) >= ANSWER_KEPT_FROM:
-            if len(self._answers) >= ANSWERS_KEPT:
-                self._answers.pop(next(iter(self._answers)), None)
-            self._answers[id(raw)] = (raw, len(known), found)
+            with self._answers_lock:
+                if len(self._answers) >= ANSWERS_KEPT:
+                    self._answers.pop(next(iter(self._answers)), None)
+                self._answers[id(raw)] = (raw, len(known), found)
         return found
 
     def headers_(self, headers: dict[str, str]) -> dict[str, str]:

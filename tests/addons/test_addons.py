@@ -209,3 +209,32 @@ async def test_a_big_body_that_fails_to_decode_in_its_worker_is_a_note_and_the_f
         await tagger.request(_big_simulate_flow(1500))  # must not raise
     notes = journal_lines(tmp_path)
     assert any(n.get("kind") == "analysis-error" and "worker exploded" in n["detail"] for n in notes)
+
+
+def test_a_response_whose_client_hung_up_while_a_hook_awaited_is_masked_at_once():
+    """A big body's hook may await; the client can be gone by the time the scrubber sees the response."""
+    from sessiontap.core.redact import Redactor
+    from sessiontap.scrub import Scrubber
+
+    redactor = Redactor()
+    scrubber = Scrubber(redactor)
+    with taddons.context(scrubber):
+        flow = tflow.tflow(resp=tflow.tresp(content=b'{"signed_url": "wss://h/c?conversation_signature=sig-123456"}'))
+        flow.client_conn.timestamp_end = flow.response.timestamp_end  # the client disconnected meanwhile
+        scrubber.response(flow)
+    assert b"sig-123456" not in flow.response.content
+    assert not any(scrubber.unsent.values())  # nothing held until shutdown
+
+
+async def test_a_big_request_killed_while_its_body_was_decoded_leaves_nothing_pending(tmp_path):
+    from mitmproxy.flow import Error
+
+    with tagged_into_journal(tmp_path) as (tagger, _):
+        flow = _big_simulate_flow(1500)
+        pending = tagger.request(flow)
+        flow.error = Error("Connection killed.")  # killed from mitmweb while the worker decoded
+        flow.live = False
+        await pending
+        assert tagger.pending == {}
+    calls = [c for c in journal_lines(tmp_path) if c.get("event") == "call"]
+    assert len(calls) == 1 and calls[0]["error"] == "Connection killed."

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -229,6 +230,24 @@ def test_a_sockets_contexts_share_its_transcript_yet_each_stays_what_it_was_when
         assert call.context[:] == list(call.context) and len(call.context[-2:]) == min(2, len(call.context))
     for a, b in zip(calls, calls[1:], strict=False):
         assert b.context.starts(a.context) and len(b.context) > len(a.context)
+
+
+@given(st.integers(0, 12), st.integers(0, 12), st.one_of(st.none(), st.integers(-15, 15)),
+       st.one_of(st.none(), st.integers(-15, 15)), st.one_of(st.none(), st.sampled_from([1, 2, 3, -1, -2, -3])))
+def test_a_prefix_of_a_transcript_indexes_and_slices_as_the_list_of_its_turns(length, n, start, stop, step):
+    from sessiontap.core.model import TurnsSoFar
+
+    log = [Turn(USER, str(k)) for k in range(length)]
+    n = min(n, length)
+    view, copy = TurnsSoFar(log, n), log[:n]
+    assert view[start:stop:step] == copy[start:stop:step]
+    assert list(view) == copy and len(view) == n and list(reversed(view)) == copy[::-1]
+    for k in range(-n - 1, n + 1):
+        if -n <= k < n:
+            assert view[k] is copy[k]
+        else:
+            with pytest.raises(IndexError):
+                view[k]
 
 
 def test_a_long_sockets_calls_hold_memory_linear_in_its_turns():
