@@ -18,6 +18,9 @@ from uuid import uuid4
 
 import httpx
 
+from sessiontap.core.model import AGENT
+from sessiontap.core.protocol import new_turns, turns_from_list
+
 DEFAULT_BASE_URL = "https://api.elevenlabs.io"
 DEFAULT_AGENT_ID = "agent_customs_demo"
 SAMPLE_API_KEY = "sk_sample_not_a_real_key"
@@ -175,7 +178,11 @@ class _SimulateChatClient(BaseSampleClient):
         return config
 
     def _simulate(self, session_id: str, body: dict[str, Any]) -> str:
-        """POST one simulation and return the first agent turn's message."""
+        """POST one simulation and return the first agent turn's message after the history it sent.
+
+        Whether the API echoes that history at the start of its answer is not documented: an
+        echoed agent turn taken for the reply would be sent back as the agent's last words.
+        """
         headers = {**self.session_headers(session_id), "xi-api-key": self.endpoint.api_key}
         if self.user_id is not None:
             body = {**body, "user_id": self.user_id}
@@ -195,12 +202,9 @@ class _SimulateChatClient(BaseSampleClient):
             hint = "; check ELEVENLABS_API_KEY" if response.status_code in (401, 403) else ""
             raise SampleClientError(f"POST {url} answered HTTP {response.status_code}: {response.text[:200]}{hint}")
         try:
-            turns = response.json()["simulated_conversation"]
-            return next(
-                turn["message"]
-                for turn in turns
-                if turn.get("role") == "agent" and isinstance(turn.get("message"), str)
-            )
+            sent = turns_from_list(body["simulation_specification"]["partial_conversation_history"])
+            added = new_turns(sent, turns_from_list(response.json()["simulated_conversation"]))
+            return next(turn.text for turn in added if turn.role == AGENT)
         except (ValueError, KeyError, TypeError, AttributeError, StopIteration) as exc:
             raise SampleClientError(
                 f"POST {url}: expected a simulated_conversation with an agent turn (got {response.text[:200]!r})"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
@@ -167,11 +168,11 @@ def test_a_client_that_breaks_the_contract_stops_the_probe_with_one_line(session
     assert "Traceback" not in run.stderr and run.stdout == ""
 
 
-@pytest.fixture
-def removed_404(sessiontap_home: Path) -> Iterator[str]:
-    """`sessiontap simulate --simulate-removed 404` on a free port: its URL."""
-    proc = subprocess.Popen([SESSIONTAP, "simulate", "--port", "0", "--simulate-removed", "404"], text=True,
-                            stdout=subprocess.PIPE, env=clean_env(sessiontap_home))
+@contextlib.contextmanager
+def simulator_with(home: Path, *flags: str) -> Iterator[str]:
+    """`sessiontap simulate FLAGS` on a free port: its URL."""
+    proc = subprocess.Popen([SESSIONTAP, "simulate", "--port", "0", *flags], text=True,
+                            stdout=subprocess.PIPE, env=clean_env(home))
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()  # "ElevenLabs simulator listening on http://127.0.0.1:PORT"
@@ -180,6 +181,21 @@ def removed_404(sessiontap_home: Path) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+@pytest.fixture
+def removed_404(sessiontap_home: Path) -> Iterator[str]:
+    with simulator_with(sessiontap_home, "--simulate-removed", "404") as url:
+        yield url
+
+
+def test_the_fixed_samples_pass_when_the_api_echoes_the_history_in_its_reply(sessiontap, sessiontap_home: Path,
+                                                                             tmp_path: Path):
+    """The other reply shape: the fixed client once took an echoed agent turn for the reply (context-missing-turn)."""
+    with simulator_with(sessiontap_home, "--history-echo") as url:
+        run = sessiontap("probe", "--to", url, "--protocol", "http", "--out", str(tmp_path / "probe"), timeout=240)
+    assert run.code == 0, run.stdout
+    assert "12 of 12 checks passed" in run.stdout
 
 
 def gone_lines(stderr: str) -> list[str]:
