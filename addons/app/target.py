@@ -12,6 +12,11 @@ from sessiontap.router import DEFAULT_UPSTREAM, parse_upstream
 PLACEHOLDER_KEY = "sk_sessiontap_placeholder"  # ELEVENLABS_API_KEY for the simulator or a replay when none is set
 
 
+def placeholder_key(live: bool, environ: Mapping[str, str]) -> dict[str, str]:
+    """What a client's environment needs added for its key: a placeholder unless live or the user set one."""
+    return {} if live or environ.get("ELEVENLABS_API_KEY") else {"ELEVENLABS_API_KEY": PLACEHOLDER_KEY}
+
+
 class TargetError(SessiontapError, ValueError):
     """A command may not send where it was asked to (checked before anything is sent)."""
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sessiontap.app.target import PLACEHOLDER_KEY
+from sessiontap.app.target import placeholder_key
 from sessiontap.core.analysis import Analysis
 from sessiontap.core.errors import SessiontapError
 from sessiontap.core.model import HTTP, WEBSOCKET
@@ -127,9 +127,8 @@ def play(probe: Probe, scenario: Scenario, protocol: str | None, say: Callable[[
     out = probe.out / f"{scenario.name}-{protocol or AS_SPOKEN}"
     settings = {**probe.settings, "sessiontap_upstream": probe.upstream, "sessiontap_out": str(out)}
     client = LineClient(scenario.lines, probe.timeout)
-    env = {SCENARIO_VAR: scenario.name, **({PROTOCOL_VAR: protocol} if protocol else {})}
-    if not probe.live and not os.environ.get("ELEVENLABS_API_KEY"):
-        env["ELEVENLABS_API_KEY"] = PLACEHOLDER_KEY  # the simulator wants one; a client may insist on one too
+    env = {SCENARIO_VAR: scenario.name, **({PROTOCOL_VAR: protocol} if protocol else {}),
+           **placeholder_key(probe.live, os.environ)}  # the simulator wants a key; a client may insist on one too
     began = time.monotonic()
     result = run_record(settings, probe.command(protocol), announce=say, drive=client, extra_env=env)
     if result.journal_error or result.analysis is None:

@@ -13,7 +13,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
-from sessiontap.app.target import PLACEHOLDER_KEY
+from sessiontap.app.target import placeholder_key
 from sessiontap.core.errors import CaptureError, SessiontapError
 from sessiontap.router import ws_origin
 
@@ -180,9 +180,7 @@ class Tap:
     def env(self, base: Mapping[str, str]) -> dict[str, str]:
         """``base`` pointed at the proxy as ``record -- CMD`` points a client; a placeholder key unless live."""
         out = self._listening().env(dict(base))
-        if not self.where.live and not out.get("ELEVENLABS_API_KEY"):
-            out["ELEVENLABS_API_KEY"] = PLACEHOLDER_KEY
-        return out
+        return {**out, **placeholder_key(self.where.live, out)}
 
     def changes(self, base: Mapping[str, str]) -> Iterator[tuple[str, str | None]]:
         """The variables ``env`` sets (name, value) or removes (name, None) in ``base``."""
