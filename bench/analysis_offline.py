@@ -5,12 +5,12 @@ against the simulator) into `bench/results/captures/<name>/`; a capture already 
 (`--fresh` makes them again). Each capture is measured in a fresh Python process, so its max RSS is its own:
 
 - raw       `mitmproxy.io.FlowReader(f).stream()` into a list: the floor, just reading flows;
-- read      `sessiontap.app.capture.read_capture(path)` (the same, plus the torn-tail handling);
-- analyse   `sessiontap.app.capture.analyse_flows(flows)`: decode, sessions, diffs and rules.
+- read      `sessiontap.app.capture.read_capture(path)`: the flows as records, from their states (no flows built);
+- analyse   `sessiontap.app.capture.analyse_records(records)`: decode, sessions, diffs and rules.
 
 Each is run `--repeat` times (3) and the median wall time is kept. Then, untimed, `read_capture` and
-`analyse_flows` are run once more under tracemalloc: the peak of what each allocates (`read` peak
-is roughly the flows held in memory; `analyse` peak is the analysis on top of them). Max RSS is the
+`analyse_records` are run once more under tracemalloc: the peak of what each allocates (`read` peak
+is roughly the records held in memory; `analyse` peak is the analysis on top of them). Max RSS is the
 measuring process's `ru_maxrss` after the timed runs (before tracemalloc, which adds its own).
 Counts come from the last analysis: calls, sessions, findings (by rule and severity), and findings
 by the kind of client that made the session (from `make_capture.json`), so a finding on a fixed
@@ -62,10 +62,10 @@ def kind_of(session: str, kinds: dict[str, str]) -> str:
 
 
 def measure(path: Path, repeat: int) -> dict[str, Any]:
-    """Time raw reading, read_capture and analyse_flows over one capture; count what the analysis found."""
+    """Time raw reading, read_capture and analyse_records over one capture; count what the analysis found."""
     from mitmproxy import io
 
-    from sessiontap.app.capture import analyse_flows, read_capture
+    from sessiontap.app.capture import analyse_records, read_capture
 
     rss_start = max_rss_mb()
 
@@ -77,13 +77,13 @@ def measure(path: Path, repeat: int) -> dict[str, Any]:
     n_raw = len(flows_raw)
     del flows_raw
     read_s, capture = timed(lambda: read_capture(path), repeat)
-    flows, warning = capture.flows, capture.warning
-    websocket_flows = sum(1 for f in flows if f.websocket is not None)
+    records, warning = capture.records, capture.warning
+    websocket_flows = sum(1 for r in records if r.websocket)
     rss_after_read = max_rss_mb()
-    analyse_s, _ = timed(lambda: analyse_flows(flows), repeat)
+    analyse_s, _ = timed(lambda: analyse_records(records), repeat)
     rss_after_analyse = max_rss_mb()  # the headline max RSS: no tracemalloc overhead in it
     # Under tracemalloc, only what each call allocates is counted (the flows already read are not).
-    analyse_peak, analysis = traced_peak(lambda: analyse_flows(flows))
+    analyse_peak, analysis = traced_peak(lambda: analyse_records(records))
     read_peak, _ = traced_peak(lambda: read_capture(path))
 
     meta_path = path.parent / META_FILE

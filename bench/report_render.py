@@ -5,8 +5,8 @@ one already there is reused, a missing one is made. Each capture is measured in 
 its max RSS is its own. The steps of `sessiontap report` are timed separately (median of `--repeat`, 3):
 
 - read      `sessiontap.app.capture.read_capture(path)`;
-- analyse   `sessiontap.app.capture.analyse_flows(flows)`;
-- records   `sessiontap.app.capture.flow_records(flows)` (the redacted wire details);
+- analyse   `sessiontap.app.capture.analyse_records(records)`;
+- records   `sessiontap.app.capture.redacted_records(records)` (the redacted wire details);
 - render    `reports.html.render(analysis, records, Meta(...))` (the page text, and its view);
 - write     `page.encode("ascii", "xmlcharrefreplace")` and writing it to report.html.
 
@@ -103,15 +103,14 @@ def run_cli(capture_dir: Path) -> dict[str, Any]:
 
 def measure(path: Path, out: Path, repeat: int, profile: int) -> dict[str, Any]:
     """Time each step of writing report.html for one capture; count what the page shows."""
-    from sessiontap.app.capture import analyse_flows, flow_records, read_capture
+    from sessiontap.app.capture import analyse_records, read_capture, redacted_records
     from sessiontap.reports.html import REPORT_FILE, render
     from sessiontap.reports.view import Meta
 
     rss_start = max_rss_mb()
     read_s, capture = timed(lambda: read_capture(path), repeat)
-    flows = capture.flows
-    analyse_s, analysis = timed(lambda: analyse_flows(flows), repeat)
-    records_s, records = timed(lambda: flow_records(flows), repeat)
+    analyse_s, analysis = timed(lambda: analyse_records(capture.records), repeat)
+    records_s, records = timed(lambda: redacted_records(capture.records), repeat)
     meta = Meta(str(path), "bench")
     render_s, (page, view) = timed(lambda: render(analysis, records, meta), repeat)
     out.mkdir(parents=True, exist_ok=True)
@@ -143,7 +142,7 @@ def measure(path: Path, out: Path, repeat: int, profile: int) -> dict[str, Any]:
         "capture": str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path),
         "capture_bytes": (path / "flows.mitm").stat().st_size,
         "report": str(report.relative_to(ROOT) if report.is_relative_to(ROOT) else report),
-        "flows": len(flows),
+        "flows": len(capture.records),
         "calls": len(analysis.calls),
         "sessions": len(view.sessions),
         "findings": len(analysis.findings),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
@@ -13,7 +13,7 @@ from mitmproxy import http, io
 from mitmproxy.exceptions import FlowReadException
 
 from sessiontap.audio import AUDIO_KEY
-from sessiontap.bridge import adapt
+from sessiontap.bridge import adapt, flowfile
 from sessiontap.core.analysis import Analysis, analyse
 from sessiontap.core.decode import decode_exchange, decode_websocket
 from sessiontap.core.errors import CaptureError
@@ -25,9 +25,9 @@ from sessiontap.journal import CAPTURE_FILE, JOURNAL_FILE
 
 @dataclass(slots=True)
 class Capture:
-    """The flows of a capture, and a warning when its tail was unreadable (a killed recording)."""
+    """The flows of a capture as records (nothing redacted yet), and a warning when its tail was unreadable."""
 
-    flows: list[http.HTTPFlow] = field(default_factory=list)
+    records: list[FlowRecord] = field(default_factory=list)
     warning: str | None = None
 
 
@@ -40,44 +40,95 @@ def capture_path(path: Path) -> Path:
     return path
 
 
+def _torn(path: Path, read: int, e: Exception) -> str:
+    """The warning for a capture whose tail is unreadable; a CaptureError when nothing of it was."""
+    if not read:
+        raise CaptureError(f"{path}: not a mitmproxy flow file ({e})") from e
+    return f"{path}: read {read} flows, the rest is unreadable ({e})"
+
+
 def read_capture(path: Path) -> Capture:
-    """Every readable HTTP flow of a capture; a torn tail gives a warning, not an error."""
+    """Every readable HTTP flow of a capture as a record; a torn tail gives a warning, not an error.
+
+    Read from the flow file's states (``bridge.flowfile``) without building mitmproxy flows: what
+    most of offline analysis cost. A HAR file (which mitmproxy reads too) goes through its flows.
+    """
     path = capture_path(path)
+    if not flowfile.is_flow_file(str(path)):
+        flows = read_flows(path)
+        return Capture([_record(f) for f in flows.flows], flows.warning)
     out = Capture()
+    try:
+        for state in flowfile.flow_states(str(path)):
+            if state.get("type") == "http":
+                out.records.append(_with_audio(adapt.record_of_state(state), state.get("metadata")))
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as e:  # torn, or not a flow
+        out.warning = _torn(path, len(out.records), e)
+    except OSError as e:
+        raise CaptureError(f"{path}: cannot read: {e.strerror or e}") from e
+    return out
+
+
+@dataclass(slots=True)
+class Flows:
+    """The flows of a capture as mitmproxy flows (for what needs them whole: a HAR export), and any warning."""
+
+    flows: list[http.HTTPFlow] = field(default_factory=list)
+    warning: str | None = None
+
+
+def read_flows(path: Path) -> Flows:
+    """Every readable HTTP flow of a capture, built by mitmproxy's FlowReader; a torn tail gives a warning."""
+    path = capture_path(path)
+    out = Flows()
     try:
         with open(path, "rb") as f:
             for flow in io.FlowReader(f).stream():
                 if isinstance(flow, http.HTTPFlow):
                     out.flows.append(flow)
     except FlowReadException as e:
-        if not out.flows:
-            raise CaptureError(f"{path}: not a mitmproxy flow file ({e})") from e
-        out.warning = f"{path}: read {len(out.flows)} flows, the rest is unreadable ({e})"
+        out.warning = _torn(path, len(out.flows), e)
     except OSError as e:
         raise CaptureError(f"{path}: cannot read: {e.strerror or e}") from e
     return out
 
 
-def analyse_flows(flows: list[http.HTTPFlow], settings: Settings = DEFAULTS,
-                  recovered: Sequence[Call] = ()) -> Analysis:
+def _with_audio(rec: FlowRecord, metadata: object) -> FlowRecord:
+    """The record with the audio summary its flow's metadata holds (frames left out of the capture)."""
+    audio = metadata.get(AUDIO_KEY) if isinstance(metadata, dict) else None
+    if isinstance(audio, dict):
+        rec.audio = {k: int(v) for k, v in audio.items() if isinstance(v, int)}
+    return rec
+
+
+def _record(flow: http.HTTPFlow) -> FlowRecord:
+    return _with_audio(adapt.record(flow), flow.metadata)
+
+
+def records_of(flows: Iterable[http.HTTPFlow]) -> list[FlowRecord]:
+    """Flows as records (nothing redacted)."""
+    return [_record(f) for f in flows]
+
+
+def analyse_records(records: Iterable[FlowRecord], settings: Settings = DEFAULTS,
+                    recovered: Sequence[Call] = ()) -> Analysis:
     """The analysis of recorded flows (the offline twin of the live addons), with calls recovered elsewhere."""
     session_header, session_field = settings.session_header, settings.session_field
     calls: list[Call] = []
     notes: list[Note] = []
     closings: list[Closing] = []
     first: dict[str, str] = {}
-    for flow in flows:
-        if flow.websocket is not None:
-            ws = flow.websocket
+    for rec in records:
+        ex = rec.exchange
+        if rec.websocket:
             found = decode_websocket(
-                flow.id, flow.request.url, adapt.request_headers(flow), flow.request.timestamp_start,
-                (adapt.ws_message(m) for m in ws.messages), ws.close_code, ws.timestamp_end,
-                adapt.client_identity(flow), session_header, adapt.connection(flow), adapt.exchange(flow).code)
-            key = found.calls[0].server_conversation if found.calls else flow.id
-            closings.append(Closing(key, flow.id, ws.close_code, ws.closed_by_client,
-                                    ws.timestamp_end or flow.request.timestamp_start))
+                ex.flow_id, ex.url, ex.request_headers, ex.started, iter(rec.messages), rec.close_code,
+                rec.socket_ended, ex.client, session_header, ex.connection, ex.code)
+            key = found.calls[0].server_conversation if found.calls else ex.flow_id
+            closings.append(Closing(key, ex.flow_id, rec.close_code, rec.closed_by_client,
+                                    rec.socket_ended or ex.started))
         else:
-            found = decode_exchange(adapt.exchange(flow), session_header, session_field)
+            found = decode_exchange(ex, session_header, session_field)
         calls += found.calls
         notes += found.notes
         first.update(found.first_messages)
@@ -85,14 +136,19 @@ def analyse_flows(flows: list[http.HTTPFlow], settings: Settings = DEFAULTS,
     return analyse(calls, notes, first, closings, settings)
 
 
-def journaled_calls(journal: Path, missing_from: Iterable[http.HTTPFlow] = ()) -> list[Call]:
+def analyse_flows(flows: Iterable[http.HTTPFlow], settings: Settings = DEFAULTS) -> Analysis:
+    """The analysis of mitmproxy flows."""
+    return analyse_records(records_of(flows), settings)
+
+
+def journaled_calls(journal: Path, missing_from: Iterable[FlowRecord] = ()) -> list[Call]:
     """The calls of a journal.jsonl whose flows are not among ``missing_from`` (none if it is absent).
 
     A recording killed before it saved a flow (a WebSocket still open, a response just in) has
     journaled its turns all the same: each line was flushed as the turn completed. Lines that do
     not parse (a torn last line) are skipped.
     """
-    saved = {f.id for f in missing_from}
+    saved = {r.exchange.flow_id for r in missing_from}
     out: list[Call] = []
     try:
         lines = journal.read_text(encoding="utf-8", errors="replace").splitlines()
@@ -116,13 +172,13 @@ def analyse_capture(path: Path, settings: Settings = DEFAULTS) -> tuple[Analysis
     from the journal (and the warning says how many).
     """
     cap = read_capture(path)
-    recovered = journaled_calls(path / JOURNAL_FILE, cap.flows) if path.is_dir() else []
+    recovered = journaled_calls(path / JOURNAL_FILE, cap.records) if path.is_dir() else []
     if recovered:
         flows = len({c.flow_id for c in recovered})
         note = (f"{len(recovered)} calls of {flows} flows were recovered from {JOURNAL_FILE}: {CAPTURE_FILE} lacks "
                 "them (the recording ended before it could save them); their wire details are not in the report")
         cap.warning = f"{cap.warning}; {note}" if cap.warning else note
-    return analyse_flows(cap.flows, settings, recovered), cap
+    return analyse_records(cap.records, settings, recovered), cap
 
 
 def default_out(kind: str = "") -> Path:
@@ -142,17 +198,17 @@ def write_report(analysis: Analysis, capture: Path, out: Path, settings: Setting
     from sessiontap.reports.view import Meta
 
     red = redactor if redactor is not None else Redactor()
-    records = flow_records((cap or read_capture(capture)).flows, red)
+    records = redacted_records((cap or read_capture(capture)).records, red)
     meta = Meta(str(capture), version(), max_context_tokens=settings.max_context_tokens)
     return render_report(analysis, records, meta, out, only_session, red)
 
 
-def flow_records(flows: list[http.HTTPFlow], redactor: Redactor | None = None) -> dict[str, FlowRecord]:
-    """Each flow as a redacted record for the report, by flow id (plain mitmdump captures hold secrets)."""
+def redacted_records(records: Iterable[FlowRecord], redactor: Redactor | None = None) -> dict[str, FlowRecord]:
+    """Redacted copies of records, by flow id, as the report shows them (plain mitmdump captures hold secrets)."""
     red = redactor or Redactor()
     out: dict[str, FlowRecord] = {}
-    for flow in flows:
-        ex = adapt.exchange(flow)
+    for rec in records:
+        ex = replace(rec.exchange)
         ex.url = red.url(ex.url)
         ex.query = dict(parse_qsl(urlsplit(ex.url).query, keep_blank_values=True))  # as redacted
         ex.request_headers = red.headers_(ex.request_headers)
@@ -160,16 +216,13 @@ def flow_records(flows: list[http.HTTPFlow], redactor: Redactor | None = None) -
         ex.request_body = red.body(ex.request_body) or b""
         ex.response_body = red.body(ex.response_body) if ex.response_body is not None else None
         ex.error = red.text(ex.error) if ex.error else None
-        rec = FlowRecord(ex)
-        if flow.websocket is not None:
-            for m in flow.websocket.messages:
-                msg = adapt.ws_message(m)
-                if msg.text is not None:  # JSON-aware: secret__ variables and tokens inside frames too
-                    msg.text = (red.body(msg.text.encode("utf-8")) or b"").decode("utf-8", "replace")
-                rec.messages.append(msg)
-            rec.close_code = flow.websocket.close_code
-        audio = flow.metadata.get(AUDIO_KEY)
-        if isinstance(audio, dict):
-            rec.audio = {k: int(v) for k, v in audio.items() if isinstance(v, int)}
-        out[flow.id] = rec
+        messages = [m if m.text is None else  # JSON-aware: secret__ variables and tokens inside frames too
+                    replace(m, text=(red.body(m.text.encode("utf-8")) or b"").decode("utf-8", "replace"))
+                    for m in rec.messages]
+        out[ex.flow_id] = replace(rec, exchange=ex, messages=messages)
     return out
+
+
+def flow_records(flows: Iterable[http.HTTPFlow], redactor: Redactor | None = None) -> dict[str, FlowRecord]:
+    """Each flow as a redacted record for the report, by flow id."""
+    return redacted_records(records_of(flows), redactor)

@@ -225,12 +225,12 @@ def check(capture: Path, config: Path | None) -> None:
 
     CAPTURE is a flow file (flows.mitm, or any mitmdump capture) or a record output directory.
     """
-    from sessiontap.app.capture import flow_records
+    from sessiontap.app.capture import redacted_records
 
     try:
         analysis, cap, _ = _analyse(capture, config)
         redactor = Redactor()
-        flow_records(cap.flows, redactor)  # learns the capture's secrets, to mask any a message quotes
+        redacted_records(cap.records, redactor)  # learns the capture's secrets, to mask any a message quotes
     except SessiontapError as e:
         click.echo(f"Error: {e}", err=True)
         raise SystemExit(2) from e
@@ -293,11 +293,11 @@ def export(capture: Path, har_path: Path) -> None:
     The WebSocket messages are in the `_webSocketMessages` form that Chrome DevTools and HTTP
     Toolkit read.
     """
-    from sessiontap.app.capture import read_capture
+    from sessiontap.app.capture import read_flows
     from sessiontap.app.har import export_har
 
     try:
-        cap = read_capture(capture)
+        cap = read_flows(capture)
         if cap.warning:
             click.echo(f"sessiontap: warning: {cap.warning}", err=True)
         har = export_har(cap.flows, har_path)

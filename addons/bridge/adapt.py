@@ -3,27 +3,35 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from typing import Any
+from urllib.parse import urlparse
 
 from mitmproxy import http
+from mitmproxy.net import encoding
+from mitmproxy.net.http import url as mitm_url
 from mitmproxy.websocket import WebSocketData, WebSocketMessage
+from wsproto.frame_protocol import Opcode
 
 from sessiontap.core.code import frames_of
-from sessiontap.core.model import Exchange, WsMessage
+from sessiontap.core.model import Exchange, FlowRecord, WsMessage
 from sessiontap.core.protocol import identifier
 from sessiontap.core.redact import Redactor
 
 
 def _headers(h: http.Headers | None) -> dict[str, str]:
-    """Lower-cased names to values, a repeated header's values joined by ", " (as ``Headers[name]`` gives them).
+    """Lower-cased names to values, a repeated header's values joined by ", " (as ``Headers[name]`` gives them)."""
+    return {} if h is None else _from_fields(h.fields)
 
-    Read from the raw fields in one pass: ``Headers.items()`` looks each name up again, which is
-    quadratic in the headers and was the largest part of reading a capture.
+
+def _from_fields(fields: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
+    """Headers from their raw fields, in one pass.
+
+    ``Headers.items()`` looks each name up again, which is quadratic in the headers and was the
+    largest part of reading a capture.
     """
     out: dict[str, str] = {}
-    if h is None:
-        return out
-    for raw_name, raw_value in h.fields:
+    for raw_name, raw_value in fields:
         name = raw_name.decode("utf-8", "surrogateescape").lower()
         value = raw_value.decode("utf-8", "surrogateescape")
         out[name] = f"{out[name]}, {value}" if name in out else value
@@ -33,12 +41,17 @@ def _headers(h: http.Headers | None) -> dict[str, str]:
 CLIENT_KEY = "client"  # in flow.metadata["sessiontap"]: the client as the live run named it
 CODE_KEY = "code"  # in flow.metadata["sessiontap"]: the client's frames that sent the flow
 KEY_HEADERS = ("xi-api-key", "authorization", "x-api-key", "api-key")
+Peer = tuple[str, int] | list[Any] | None  # a client address: a flow's, or as a flow file holds it
+Message = tuple[Iterable[tuple[bytes, bytes]], bytes | None]  # a request's or response's header fields and raw body
+
+
+def _connection(peer: Peer) -> str:
+    return f"{peer[0]}:{peer[1]}" if peer else ""
 
 
 def connection(flow: http.HTTPFlow) -> str:
     """The client connection as "ip:port" ("" when unknown)."""
-    peer = flow.client_conn.peername
-    return f"{peer[0]}:{peer[1]}" if peer else ""
+    return _connection(flow.client_conn.peername)
 
 
 def key_fingerprint(headers: dict[str, str]) -> str:
@@ -53,51 +66,74 @@ def client_identity(flow: http.HTTPFlow, run: str = "", headers: dict[str, str] 
     The address is taken without its port: every new connection has a new port, and one client
     opens many.
     """
-    named = flow.metadata.get("sessiontap", {}).get(CLIENT_KEY)
+    return _identity(flow.metadata, flow.client_conn.peername,
+                     _headers(flow.request.headers) if headers is None else headers, run)
+
+
+def _identity(metadata: dict[str, Any], peer: Peer, headers: dict[str, str], run: str = "") -> str:
+    named = metadata.get("sessiontap", {}).get(CLIENT_KEY)
     if isinstance(named, str) and named:
         return named
     if run:
         return run
-    peer = flow.client_conn.peername
-    headers = _headers(flow.request.headers) if headers is None else headers
     parts = [str(peer[0]) if peer else "", headers.get("user-agent", ""), key_fingerprint(headers)]
     return identifier(" ".join(p for p in parts if p)) or ""  # an undecodable User-Agent byte as its escape
 
 
-def _content(message: http.Message, headers: dict[str, str]) -> bytes | None:
-    """A message's body, decoded (``get_content(strict=False)``), with its headers already read."""
-    if message.raw_content is None or not headers.get("content-encoding"):
-        return message.raw_content  # each lookup in mitmproxy's Headers walks them all: one less a body
-    return message.get_content(strict=False)
+def _content(raw: bytes | None, headers: dict[str, str]) -> bytes | None:
+    """A body, decoded as ``get_content(strict=False)`` does it: left as it is when its encoding fails."""
+    coding = headers.get("content-encoding")
+    if raw is None or not coding:
+        return raw
+    try:
+        content = encoding.decode(raw, coding)
+    except ValueError:
+        return raw
+    return raw if isinstance(content, str) else content  # a text codec named as content-encoding
+
+
+def _query(url: str) -> dict[str, str]:
+    """A repeated parameter's first value, as ``Request.query[name]`` gives it."""
+    query: dict[str, str] = {}
+    for name, value in mitm_url.decode(urlparse(url).query):
+        query.setdefault(name, value)
+    return query
+
+
+def _exchange(flow_id: str, method: str, url: str, path: str, request: Message, started: float,
+              response: tuple[int, Message, float | None] | None, error: tuple[str, float] | None,
+              peer: Peer, metadata: dict[str, Any]) -> Exchange:
+    """The core record of an HTTP exchange, from its parts however they were read."""
+    request_headers = _from_fields(request[0])
+    response_headers = _from_fields(response[1][0]) if response else {}
+    ended = response[2] if response else None
+    return Exchange(
+        flow_id=flow_id,
+        method=method,
+        url=url,
+        path=path.split("?", 1)[0],
+        query=_query(url),
+        request_headers=request_headers,
+        request_body=_content(request[1], request_headers) or b"",
+        started=started,
+        status=response[0] if response else None,
+        response_headers=response_headers,
+        response_body=_content(response[1][1], response_headers) if response else None,
+        ended=ended or (error[1] if error else None),
+        error=error[0] if error else None,
+        client=_identity(metadata, peer, request_headers),
+        connection=_connection(peer),
+        code=frames_of(metadata.get("sessiontap", {}).get(CODE_KEY)),
+    )
 
 
 def exchange(flow: http.HTTPFlow) -> Exchange:
     """The core record of an HTTP flow (request, and response or error when present)."""
-    req = flow.request
-    resp = flow.response
-    request_headers = _headers(req.headers)
-    response_headers = _headers(resp.headers) if resp else {}
-    query: dict[str, str] = {}
-    for name, value in req.query.fields:
-        query.setdefault(name, value)  # a repeated parameter's first value, as ``query[name]`` gives it
-    return Exchange(
-        flow_id=flow.id,
-        method=req.method,
-        url=req.url,
-        path=req.path.split("?", 1)[0],
-        query=query,
-        request_headers=request_headers,
-        request_body=_content(req, request_headers) or b"",
-        started=req.timestamp_start,
-        status=resp.status_code if resp else None,
-        response_headers=response_headers,
-        response_body=_content(resp, response_headers) if resp else None,
-        ended=(resp.timestamp_end if resp else None) or (flow.error.timestamp if flow.error else None),
-        error=flow.error.msg if flow.error else None,
-        client=client_identity(flow, headers=request_headers),
-        connection=connection(flow),
-        code=frames_of(flow.metadata.get("sessiontap", {}).get(CODE_KEY)),
-    )
+    req, resp, err = flow.request, flow.response, flow.error
+    return _exchange(
+        flow.id, req.method, req.url, req.path, (req.headers.fields, req.raw_content), req.timestamp_start,
+        (resp.status_code, (resp.headers.fields, resp.raw_content), resp.timestamp_end) if resp else None,
+        (err.msg, err.timestamp) if err else None, flow.client_conn.peername, flow.metadata)
 
 
 def request_headers(flow: http.HTTPFlow) -> dict[str, str]:
@@ -105,11 +141,50 @@ def request_headers(flow: http.HTTPFlow) -> dict[str, str]:
     return _headers(flow.request.headers)
 
 
+def _ws_message(is_text: bool, from_client: bool, content: bytes, timestamp: float) -> WsMessage:
+    text = content.decode("utf-8", "replace") if is_text else None  # a text frame need not be UTF-8
+    return WsMessage(from_client=from_client, timestamp=timestamp, text=text, size=len(content))
+
+
 def ws_message(msg: object) -> WsMessage:
     """The core record of one mitmproxy WebSocket message."""
     assert isinstance(msg, WebSocketMessage)
-    text = msg.content.decode("utf-8", "replace") if msg.is_text else None  # a text frame need not be UTF-8
-    return WsMessage(from_client=msg.from_client, timestamp=msg.timestamp, text=text, size=len(msg.content))
+    return _ws_message(msg.is_text, msg.from_client, msg.content, msg.timestamp)
+
+
+def record(flow: http.HTTPFlow) -> FlowRecord:
+    """A flow as a record: its exchange and, for a WebSocket, its messages and how it closed (nothing redacted)."""
+    rec = FlowRecord(exchange(flow))
+    ws = flow.websocket
+    if ws is not None:
+        rec.websocket, rec.messages = True, [ws_message(m) for m in ws.messages]
+        rec.close_code, rec.closed_by_client, rec.socket_ended = ws.close_code, ws.closed_by_client, ws.timestamp_end
+    return rec
+
+
+def record_of_state(state: dict[str, Any]) -> FlowRecord:
+    """The same record from a flow's state as a flow file holds it (current format), without building the flow."""
+    req, resp, err, ws = state["request"], state["response"], state["error"], state["websocket"]
+    method = _text(req["method"]).upper()
+    path = _text(req["path"])
+    if method == "CONNECT":
+        url = f"{req['host']}:{req['port']}"
+    else:
+        url = mitm_url.unparse(_text(req["scheme"]), req["host"], req["port"], "" if path == "*" else path)
+    rec = FlowRecord(_exchange(
+        state["id"], method, url, path, (req["headers"], req["content"]), req["timestamp_start"],
+        (resp["status_code"], (resp["headers"], resp["content"]), resp["timestamp_end"]) if resp else None,
+        (err["msg"], err["timestamp"]) if err else None, state["client_conn"].get("peername"), state["metadata"]))
+    if ws is not None:
+        rec.websocket, rec.messages = True, [_ws_message(kind == Opcode.TEXT, from_client, content, timestamp)
+                                             for kind, from_client, content, timestamp, *_ in ws["messages"]]
+        rec.close_code, rec.closed_by_client, rec.socket_ended = (ws["close_code"], ws["closed_by_client"],
+                                                                  ws["timestamp_end"])
+    return rec
+
+
+def _text(raw: bytes) -> str:
+    return raw.decode("utf-8", "surrogateescape")
 
 
 def redact_request(req: http.Request, redactor: Redactor) -> None:
@@ -194,7 +269,7 @@ def _holds_secret(resp: http.Response, redactor: Redactor) -> bool:
     headers = _headers(resp.headers)
     if redactor.headers_(headers) != headers:
         return True
-    return redactor.may_hold_secret(_content(resp, headers) or b"")
+    return redactor.may_hold_secret(_content(resp.raw_content, headers) or b"")
 
 
 def redacted_copy(flow: http.HTTPFlow, redactor: Redactor) -> http.HTTPFlow:

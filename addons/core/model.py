@@ -139,12 +139,15 @@ class WsMessage:
 
 @dataclass(slots=True)
 class FlowRecord:
-    """One recorded flow as a report shows it: its HTTP exchange and, for a WebSocket, its messages."""
+    """One recorded flow: its HTTP exchange and, for a WebSocket, its messages and how it closed."""
 
     exchange: Exchange
     messages: list[WsMessage] = field(default_factory=list)
     close_code: int | None = None
     audio: dict[str, int] = field(default_factory=dict)  # audio frames left out of the capture: frames, bytes
+    websocket: bool = False
+    closed_by_client: bool | None = None
+    socket_ended: float | None = None
 
 
 @dataclass(slots=True)

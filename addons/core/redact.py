@@ -37,12 +37,12 @@ SECRET_KEYS = frozenset({
 URL_KEYS = frozenset({"signed_url", "url", "conversation_url"})
 SECRET_PREFIX = "secret__"
 # Secret-looking values caught even when nobody named them: ElevenLabs keys and bearer tokens. Each
-# with the plain substrings one of its matches must hold: a pattern runs only where one is found
-# (a substring search is many times faster than a regex over a large body).
+# with the substrings one of its matches must hold, lower-cased: a pattern runs only where one is
+# found in the lower-cased text (a substring search is many times faster than a regex over a large body).
 PATTERNS = (
     (re.compile(r"\bsk_[A-Za-z0-9_]{8,}"), ("sk_",)),
-    (re.compile(r"(?i)(conversation_signature|[?&]token)=[^&\s\"'<>]+"), ("=",)),
-    (re.compile(r"(?i)\bbearer[ .][A-Za-z0-9._~+/=-]{8,}"), ("earer", "EARER")),
+    (re.compile(r"(?i)(conversation_signature|[?&]token)=[^&\s\"'<>]+"), ("conversation_signature=", "token=")),
+    (re.compile(r"(?i)\bbearer[ .][A-Za-z0-9._~+/=-]{8,}"), ("bearer",)),
 )
 ANSWERS_KEPT = 8  # bodies whose secret check is remembered (a flow's request and response, a few flows)
 ANSWER_KEPT_FROM = 64 * 1024  # bytes: smaller bodies are checked again (cheap), and never push a big one out
@@ -107,8 +107,12 @@ class Redactor:
         return found
 
     def headers_(self, headers: dict[str, str]) -> dict[str, str]:
-        """A copy of the headers with secret ones masked (and the WebSocket bearer subprotocol)."""
+        """A copy of the headers with secret ones masked (and the WebSocket bearer subprotocol).
+
+        The other values are checked joined, in one pass: nearly always nothing in them is masked.
+        """
         out = {}
+        plain = []
         for name, value in headers.items():
             low = name.lower()
             if low in self.headers:
@@ -121,7 +125,11 @@ class Redactor:
                         self._remember(p[7:])
                 out[name] = ", ".join(f"bearer.{MASK}" if p.startswith("bearer.") else p for p in parts)
             else:
-                out[name] = self.text(value)
+                out[name] = value
+                plain.append(name)
+        if plain and self.may_hold_text("\n".join(out[name] for name in plain)):
+            for name in plain:
+                out[name] = self.text(out[name])
         return out
 
     def url(self, url: str) -> str:
@@ -180,10 +188,19 @@ class Redactor:
         for value in self.by_length:
             if value in text:
                 text = text.replace(value, MASK)
+        low = text.lower()
         for pattern, needles in PATTERNS:
-            if any(n in text for n in needles):
+            if any(n in low for n in needles):
                 text = pattern.sub(_mask_match, text)
+                low = text.lower()
         return text
+
+    def may_hold_text(self, text: str) -> bool:
+        """False only when ``text`` would return ``text`` unchanged (one pass over several values joined)."""
+        if any(value in text for value in self.by_length):
+            return True
+        low = text.lower()
+        return any(n in low for _, needles in PATTERNS for n in needles)
 
     def dumps(self, obj: Any, clip: Callable[[Any], Any] = lambda value: value) -> str:
         """JSON text of ``obj`` (its texts passed through ``clip``) with every secret masked.

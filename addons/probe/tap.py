@@ -213,7 +213,7 @@ class Tap:
                     raise
                 time.sleep(0.1)
         if self._replay is not None and self._replay.misses:
-            analysis.add_findings(miss_findings(list(self._replay.misses), read_capture(self.out).flows,
+            analysis.add_findings(miss_findings(list(self._replay.misses), read_capture(self.out).records,
                                                 analysis.calls))
         return analysis
 

@@ -33,7 +33,6 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
 import httpx
-from mitmproxy import http
 from websockets.exceptions import InvalidURI, WebSocketException
 from websockets.sync.client import ClientConnection, connect
 
@@ -481,9 +480,9 @@ class VariantRun:
     tags: dict[str, tuple[str, int] | None] = field(default_factory=dict)  # flow id -> replay-of
 
 
-def replay_tags(flows: list[http.HTTPFlow]) -> dict[str, tuple[str, int] | None]:
+def replay_tags(records: list[FlowRecord]) -> dict[str, tuple[str, int] | None]:
     """Each replayed flow's (session, call number) of the original call it replays, by flow id."""
-    return {f.id: parse_replay_of(f.request.headers.get(REPLAY_OF_HEADER)) for f in flows}
+    return {r.exchange.flow_id: parse_replay_of(r.exchange.request_headers.get(REPLAY_OF_HEADER)) for r in records}
 
 
 def run_variants(plan: dict[str, Any], out: Path, variants: list[str], upstream: str,
@@ -495,7 +494,7 @@ def run_variants(plan: dict[str, Any], out: Path, variants: list[str], upstream:
     key. Each replay is read back and analysed with ``analysis_settings``; a run that recorded
     nothing readable has no analysis.
     """
-    from sessiontap.app.capture import analyse_flows, read_capture
+    from sessiontap.app.capture import analyse_records, read_capture
     from sessiontap.app.runner import run_record
 
     out.mkdir(parents=True, exist_ok=True)
@@ -511,8 +510,8 @@ def run_variants(plan: dict[str, Any], out: Path, variants: list[str], upstream:
                              "sessiontap_out": str(target_dir)}, command, announce)
         run = VariantRun(variant, target_dir, result)
         with contextlib.suppress(SessiontapError):
-            flows = read_capture(target_dir).flows
-            run.analysis, run.tags = analyse_flows(flows, analysis_settings), replay_tags(flows)
+            records = read_capture(target_dir).records
+            run.analysis, run.tags = analyse_records(records, analysis_settings), replay_tags(records)
         runs.append(run)
     return runs
 
@@ -536,13 +535,13 @@ def client_replay(capture: Path, out: Path, variants: list[str], upstream: str, 
     ``settings`` are the sessiontap_* values (mitm.yaml and flags); the original and every
     replay are analysed with the same analysis settings.
     """
-    from sessiontap.app.capture import analyse_capture, flow_records
+    from sessiontap.app.capture import analyse_capture, redacted_records
 
     analysis_settings = Settings.from_options(settings)
     analysis, cap = analyse_capture(capture, analysis_settings)
     if cap.warning:
         announce(f"sessiontap: warning: {cap.warning}")
-    plan = build_plan(flow_records(cap.flows), analysis, str(capture), analysis_settings.session_header)
+    plan = build_plan(redacted_records(cap.records), analysis, str(capture), analysis_settings.session_header)
     if not plan["flows"]:
         raise SessiontapError(f"{capture} holds no ElevenLabs agents call to re-send")
     if variants != [vary.AS_RECORDED] and not plan["sessions"]:

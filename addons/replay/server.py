@@ -34,7 +34,7 @@ from aiohttp import WSMsgType, web
 from mitmproxy import http
 
 from sessiontap.app.background import CLOSE_TIMEOUT, LoopbackServer, running_in_thread
-from sessiontap.app.capture import flow_records, read_capture
+from sessiontap.app.capture import flow_records, read_capture, redacted_records
 from sessiontap.core import rules
 from sessiontap.core.errors import SessiontapError
 from sessiontap.core.model import HTTP, WEBSOCKET, Call, Exchange, Finding, FlowRecord, Note, SessionState, WsMessage
@@ -86,18 +86,10 @@ ReplaySource = str | Path | Sequence[http.HTTPFlow] | Iterable[FlowRecord] | Map
 
 @dataclass(slots=True)
 class Recording:
-    """The recorded flows a replay serves, in order, and who closed each recorded socket (when known)."""
+    """The recorded flows a replay serves, in order (secrets masked), and any warning about the capture."""
 
     records: list[FlowRecord]
-    closed_by_client: dict[str, bool] = field(default_factory=dict)
     warning: str | None = None
-
-
-def _from_flows(flows: Sequence[http.HTTPFlow], warning: str | None = None) -> Recording:
-    records = list(flow_records(list(flows)).values())
-    closed = {f.id: f.websocket.closed_by_client for f in flows
-              if f.websocket is not None and f.websocket.closed_by_client is not None}
-    return Recording(records, closed, warning)
 
 
 def load_recording(source: ReplaySource | Recording) -> Recording:
@@ -106,10 +98,10 @@ def load_recording(source: ReplaySource | Recording) -> Recording:
         return source
     if isinstance(source, str | Path):
         capture = read_capture(Path(source))
-        return _from_flows(capture.flows, capture.warning)
+        return Recording(list(redacted_records(capture.records).values()), capture.warning)
     items = list(source.values() if isinstance(source, Mapping) else source)
     if all(isinstance(item, http.HTTPFlow) for item in items):
-        return _from_flows(items)
+        return Recording(list(flow_records(items).values()))
     return Recording([item for item in items if isinstance(item, FlowRecord)])
 
 
@@ -298,25 +290,25 @@ def error_response(ex: Exchange) -> web.Response:
                              headers={REPLAY_HEADER: "error", REPLAY_FLOW_HEADER: ex.flow_id})
 
 
-def miss_findings(misses: Sequence[ReplayMiss], flows: Sequence[http.HTTPFlow], calls: Iterable[Call] = ()
+def miss_findings(misses: Sequence[ReplayMiss], records: Sequence[FlowRecord], calls: Iterable[Call] = ()
                   ) -> list[Finding]:
     """The misses as findings, each tied to the flow of the replay's own capture that got it, in time order.
 
     That flow is the one answered ``X-Sessiontap-Replay: miss`` (HTTP) or closed with
     ``MISS_CLOSE_CODE`` (WebSocket); ``calls`` (the replay's analysis) give its session and call.
     """
-    ordered = sorted(flows, key=lambda f: f.request.timestamp_start)
-    answered = {HTTP: iter([f for f in ordered if f.websocket is None and f.response is not None
-                            and f.response.headers.get(REPLAY_HEADER) == "miss"]),
-                WEBSOCKET: iter([f for f in ordered if f.websocket is not None
-                                 and f.websocket.close_code == MISS_CLOSE_CODE])}
+    ordered = sorted(records, key=lambda r: r.exchange.started)
+    answered = {HTTP: iter([r.exchange.flow_id for r in ordered if not r.websocket and r.exchange.status is not None
+                            and r.exchange.response_headers.get(REPLAY_HEADER.lower()) == "miss"]),
+                WEBSOCKET: iter([r.exchange.flow_id for r in ordered
+                                 if r.websocket and r.close_code == MISS_CLOSE_CODE])}
     by_flow: dict[str, list[Call]] = {}
     for call in calls:
         by_flow.setdefault(call.flow_id, []).append(call)
     out = []
     for miss in sorted(misses, key=lambda m: m.timestamp):
-        flow = next(answered[WEBSOCKET if miss.protocol == WEBSOCKET else HTTP], None)
-        out.append(miss.finding(flow.id if flow else None, by_flow.get(flow.id, []) if flow else []))
+        flow_id = next(answered[WEBSOCKET if miss.protocol == WEBSOCKET else HTTP], None)
+        out.append(miss.finding(flow_id, by_flow.get(flow_id, []) if flow_id else []))
     return out
 
 
@@ -325,10 +317,10 @@ def record_misses(result: RecordResult, misses: Sequence[ReplayMiss]) -> None:
     if not misses or result.analysis is None:
         return
     try:
-        flows = read_capture(Path(result.out)).flows
+        records = read_capture(Path(result.out)).records
     except SessiontapError:
-        flows = []  # the findings still name the recorded flow nearest to each miss
-    result.analysis.add_findings(miss_findings(misses, flows, result.analysis.calls))
+        records = []  # the findings still name the recorded flow nearest to each miss
+    result.analysis.add_findings(miss_findings(misses, records, result.analysis.calls))
     result.verdict = result.analysis.verdict()
     write_findings(result.analysis, Path(result.out), result.redactor)
 
@@ -464,7 +456,7 @@ class ReplayServer(LoopbackServer):
         replay = WsReplay(rec.messages, self.ignore)
         if rec.audio.get("frames"):
             self.skipped["audio_frames"] += rec.audio["frames"]
-        server_closed = self.recording.closed_by_client.get(rec.exchange.flow_id) is False
+        server_closed = rec.closed_by_client is False
         if not await self._send(ws, replay.opening):
             return
         while not ws.closed and not (replay.done and server_closed):

@@ -136,9 +136,9 @@ async def test_undecodable_header_bytes_never_lose_a_flow(tmp_path):
             for addon in ours.addons:
                 await tctx.cycle(addon, flow)
         ours.journal.done()
-    from sessiontap.app.capture import read_capture
+    from sessiontap.app.capture import read_flows
 
-    saved = read_capture(tmp_path).flows
+    saved = read_flows(tmp_path).flows
     assert {f.id for f in saved} == {simulate.id, socket.id}
     assert saved[1].metadata["sessiontap"]["session"] == "\\udcff\\udcfe"  # the bytes, as escapes
 

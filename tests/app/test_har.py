@@ -12,7 +12,7 @@ from typing import Any
 from mitmproxy import io as mio
 from mitmproxy.test import tflow
 
-from sessiontap.app.capture import read_capture
+from sessiontap.app.capture import read_flows
 from sessiontap.app.har import export_har, make_har
 from sessiontap.core.redact import MASK
 from tests.conftest import MITMDUMP, clean_env, free_port, wait_for_port
@@ -80,7 +80,7 @@ def test_a_recorded_http_and_websocket_conversation_exports_as_har(tmp_path, sim
     run = sessiontap("record", "--mode", "reverse", "--upstream", simulator.url, "--", *client_command(tmp_path),
                      env={"ELEVENLABS_API_KEY": KEY})
     assert run.code == 0, run.stderr
-    flows = read_capture(run.out).flows
+    flows = read_flows(run.out).flows
     har = export_har(flows, tmp_path / "out.har")
     assert json.loads((tmp_path / "out.har").read_text()) == har
 

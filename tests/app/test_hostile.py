@@ -92,7 +92,7 @@ def test_an_unreadable_capture_is_exit_2_and_a_crash_is_never_1(tmp_path: Path, 
     def boom(*args: object, **kwargs: object) -> None:
         raise RuntimeError("analysis exploded")
 
-    monkeypatch.setattr("sessiontap.app.capture.analyse_flows", boom)
+    monkeypatch.setattr("sessiontap.app.capture.analyse_records", boom)
     flows = capture(tmp_path / "flows.mitm")
     for args, code in ((["check", str(flows)], 2), (["report", str(flows), "--out", str(tmp_path / "r")], 1)):
         result = runner.invoke(cli, args)
@@ -130,6 +130,6 @@ def test_hostile_bodies_pass_through_the_proxy_unchanged_and_are_recorded(tmp_pa
     lines = (tmp_path / "out" / "journal.jsonl").read_text(encoding="utf-8").splitlines()
     assert all(json.loads(line) for line in lines)
     assert sum(1 for line in lines if json.loads(line)["event"] == "call") == len(HOSTILE)
-    assert len(read_capture(tmp_path / "out").flows) == len(HOSTILE)
+    assert len(read_capture(tmp_path / "out").records) == len(HOSTILE)
     json.loads((tmp_path / "out" / "findings.json").read_text(encoding="utf-8"))
     assert "Traceback" not in proxied.stderr

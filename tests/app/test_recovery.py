@@ -7,7 +7,7 @@ from pathlib import Path
 
 from mitmproxy.test import tflow
 
-from sessiontap.app.capture import journaled_calls
+from sessiontap.app.capture import journaled_calls, records_of
 from sessiontap.core.model import AGENT, USER, WEBSOCKET, Call, Turn
 
 
@@ -36,7 +36,7 @@ def test_journaled_calls_are_those_the_capture_lacks_and_a_torn_line_is_skipped(
               json.dumps({"event": "call", "flow_id": "broken"}), lines[-1][: len(lines[-1]) // 2]]
     journal = tmp_path / "journal.jsonl"
     journal.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    recovered = journaled_calls(journal, [saved])
+    recovered = journaled_calls(journal, records_of([saved]))
     assert [c.id for c in recovered] == ["lost#1", "lost#2"]
     assert recovered[0].context == [Turn(USER, "earlier", 0.0)] and recovered[1].reply_text == "answer 2"
     assert journaled_calls(tmp_path / "absent.jsonl") == []

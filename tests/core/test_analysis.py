@@ -7,7 +7,7 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sessiontap.app.capture import analyse_flows, read_capture
+from sessiontap.app.capture import analyse_records, read_capture
 from sessiontap.core.analysis import Analyzer
 from sessiontap.core.contextdiff import apply, diff
 from sessiontap.core.model import AGENT, HTTP, USER, WEBSOCKET, Call, Closing, Turn
@@ -50,7 +50,7 @@ def test_live_findings_are_journaled_and_offline_analysis_agrees(demo_capture):
     out, _ = demo_capture
     journal = [json.loads(line) for line in (out / "journal.jsonl").read_text().splitlines()]
     live = sorted((e["rule"], e["session"]) for e in journal if e["event"] == "finding")
-    offline = analyse_flows(read_capture(out).flows)
+    offline = analyse_records(read_capture(out).records)
     assert sorted((f.rule, f.session) for f in offline.findings) == live
 
 

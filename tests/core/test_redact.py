@@ -5,7 +5,7 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sessiontap.core.redact import MASK, Redactor
+from sessiontap.core.redact import MASK, PATTERNS, Redactor
 
 KEY = "sk_live_0123456789abcdefDISTINCT"
 SIG = "sigDISTINCT987654321"
@@ -134,3 +134,30 @@ def test_the_kept_answers_take_checks_from_two_threads_at_once():
     with ThreadPoolExecutor(3) as pool:
         found = [f.result(timeout=60) for f in [pool.submit(check, k * 7) for k in range(3)]]  # re-raises
     assert found == [0, 0, 0]  # and every answer right: nothing to mask in these bodies
+
+
+def _each_value(r: Redactor, headers: dict[str, str]) -> dict[str, str]:
+    """headers_ as it was: every value through text(), one by one, the secret headers first."""
+    masked = r.headers_({k: v for k, v in headers.items() if k.lower() in r.headers})
+    return {k: masked[k] if k in masked else r.text(v) for k, v in headers.items()}
+
+
+@given(st.dictionaries(st.sampled_from(["Accept", "Content-Type", "X-Echo", "Referer", "xi-api-key", "Cookie"]),
+                       st.lists(st.sampled_from([*WORDS, "SEEN-secret-42", "charset=utf-8", ", ", "BEARER"]),
+                                max_size=4).map("".join), max_size=6))
+@settings(max_examples=300, derandomize=True, deadline=None)
+def test_headers_checked_joined_are_masked_as_value_by_value(headers):
+    joined, each = Redactor(), Redactor()
+    for r in (joined, each):
+        r.headers_({"authorization": "SEEN-secret-42"})  # a secret learned before
+    assert joined.headers_(headers) == _each_value(each, headers)
+    assert joined.seen == each.seen
+
+
+@given(st.lists(st.sampled_from([*WORDS, "SEEN-secret-42", " ", "\n", "TOKEN=", "sK_abcdefgh1"]),
+                max_size=6).map("".join))
+@settings(max_examples=300, derandomize=True, deadline=None)
+def test_may_hold_text_is_false_only_where_no_pattern_or_known_value_is(text):
+    r = Redactor()
+    r.headers_({"authorization": "SEEN-secret-42"})
+    assert r.may_hold_text(text) or not ("SEEN-secret-42" in text or any(p.search(text) for p, _ in PATTERNS))

@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sessiontap.app.capture import analyse_capture, analyse_flows
+from sessiontap.app.capture import analyse_capture, analyse_records
 from sessiontap.core.model import fold_space
 from sessiontap.simulator.server import running_simulator
 from tests.conftest import CLIENTS, SESSIONTAP, clean_env
@@ -104,8 +104,8 @@ def crash_round(base: Path, home: Path, delay: float) -> Round:
     if report.returncode != 0:
         result.problems.append(f"report exited {report.returncode}: {report.stderr.strip()[-300:]}")
     analysis, cap = analyse_capture(out)
-    result.saved_flows, result.calls = len(cap.flows), len(analysis.calls)
-    result.recovered = result.calls - len(analyse_flows(cap.flows).calls)
+    result.saved_flows, result.calls = len(cap.records), len(analysis.calls)
+    result.recovered = result.calls - len(analyse_records(cap.records).calls)
     recorded = [fold_space(c.reply_text) for c in analysis.calls if c.reply_text]
     for reply in replies:  # each completed turn, as many times as the clients got it
         if reply in recorded:

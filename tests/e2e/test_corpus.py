@@ -1127,9 +1127,9 @@ def test_the_client_gets_through_the_proxy_exactly_what_it_gets_directly(live: L
 
 
 def test_every_case_is_one_flow_in_the_capture_with_every_frame_but_audio(live: Live):
-    from sessiontap.app.capture import read_capture
+    from sessiontap.app.capture import read_flows
 
-    cap = read_capture(live.out)
+    cap = read_flows(live.out)
     assert cap.warning is None
     flows = {f.request.query.get("case"): f for f in cap.flows}
     assert len(cap.flows) == len(flows) and set(flows) == {c.name for c in corpus()}

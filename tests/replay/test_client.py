@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from mitmproxy import io
 
-from sessiontap.app.capture import analyse_flows, flow_records, read_capture
+from sessiontap.app.capture import analyse_flows, analyse_records, flow_records, read_capture, redacted_records
 from sessiontap.replay.client import (
     REPLAY_OF_HEADER,
     Replayer,
@@ -58,10 +58,10 @@ def varied(demo: Path, sessiontap_home: Path, tmp_path_factory: pytest.TempPathF
 
 def test_the_plan_holds_every_call_in_order_and_no_secret(demo: Path):
     cap = read_capture(demo)
-    analysis = analyse_flows(cap.flows)
-    plan = build_plan(flow_records(cap.flows), analysis, str(demo))
+    analysis = analyse_records(cap.records)
+    plan = build_plan(redacted_records(cap.records), analysis, str(demo))
     assert DEMO_KEY not in json.dumps(plan)
-    assert len(plan["flows"]) == len(cap.flows)
+    assert len(plan["flows"]) == len(cap.records)
     sessions = {s["id"]: s for s in plan["sessions"]}
     faulty = sessions[FAULTY_HTTP]
     assert [c["number"] for c in faulty["calls"]] == [1, 2, 3, 4, 5]

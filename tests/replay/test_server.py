@@ -15,7 +15,7 @@ import pytest
 import websockets.sync.client as ws_client
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from sessiontap.app.capture import read_capture
+from sessiontap.app.capture import read_flows
 from sessiontap.core.errors import CaptureError
 from sessiontap.core.model import Exchange, FlowRecord, WsMessage
 from sessiontap.replay.match import WsMiss, WsReplay, parse_ignore
@@ -370,7 +370,7 @@ def test_a_fixed_client_replayed_on_a_faulty_capture_misses_and_says_where(captu
     misses = [f for f in data["findings"] if f["rule"] == "replay-miss"]
     assert misses and misses[0]["severity"] == "error" and misses[0]["evidence"]["nearest_flow"]
     # each miss sits at the replayed call that got it: its flow in the replay's capture, its session
-    replayed = {f.id: f for f in read_capture(out).flows}
+    replayed = {f.id: f for f in read_flows(out).flows}
     assert all(m["flow_ids"] and replayed[m["flow_ids"][0]].response.status_code == MISS_STATUS for m in misses)
     assert {m["session"] for m in misses} <= {s["id"] for s in data["sessions"]} and misses[0]["call_ids"]
     assert "requests the replayed capture does not hold" in data["verdict"]
