@@ -17,7 +17,7 @@ from sessiontap.bridge import adapt, flowfile
 from sessiontap.core.analysis import Analysis, analyse
 from sessiontap.core.decode import decode_exchange, decode_websocket
 from sessiontap.core.errors import CaptureError
-from sessiontap.core.model import Call, Closing, FlowRecord, Note
+from sessiontap.core.model import Call, Closing, FlowRecord, Note, WsMessage
 from sessiontap.core.redact import Redactor
 from sessiontap.core.settings import DEFAULTS, Settings
 from sessiontap.journal import CAPTURE_FILE, JOURNAL_FILE
@@ -216,11 +216,18 @@ def redacted_records(records: Iterable[FlowRecord], redactor: Redactor | None = 
         ex.request_body = red.body(ex.request_body) or b""
         ex.response_body = red.body(ex.response_body) if ex.response_body is not None else None
         ex.error = red.text(ex.error) if ex.error else None
-        messages = [m if m.text is None else  # JSON-aware: secret__ variables and tokens inside frames too
-                    replace(m, text=(red.body(m.text.encode("utf-8")) or b"").decode("utf-8", "replace"))
-                    for m in rec.messages]
-        out[ex.flow_id] = replace(rec, exchange=ex, messages=messages)
+        out[ex.flow_id] = replace(rec, exchange=ex, messages=_redacted_messages(rec.messages, red))
     return out
+
+
+def _redacted_messages(messages: list[WsMessage], red: Redactor) -> list[WsMessage]:
+    """A socket's messages with their secrets masked; checked all at once first (nearly always, none to mask)."""
+    texts = [m.text.encode("utf-8") for m in messages if m.text is not None]
+    if not red.may_hold_secret(b"\n".join(texts), keep=False):
+        return list(messages)
+    return [m if m.text is None else  # JSON-aware: secret__ variables and tokens inside frames too
+            replace(m, text=(red.body(m.text.encode("utf-8")) or b"").decode("utf-8", "replace"))
+            for m in messages]
 
 
 def flow_records(flows: Iterable[http.HTTPFlow], redactor: Redactor | None = None) -> dict[str, FlowRecord]:

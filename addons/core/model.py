@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from functools import lru_cache
 from itertools import islice
 from typing import Any, overload
@@ -341,8 +341,9 @@ class Finding:
     call_ids: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        """A JSON-ready dict in the findings.json shape."""
-        return asdict(self)
+        """A JSON-ready dict in the findings.json shape (its evidence as it is, not copied as ``asdict`` would)."""
+        return {"rule": self.rule, "severity": self.severity, "session": self.session, "flow_ids": list(self.flow_ids),
+                "message": self.message, "evidence": self.evidence, "fix": self.fix, "call_ids": list(self.call_ids)}
 
 
 @dataclass(slots=True)

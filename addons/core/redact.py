@@ -86,11 +86,12 @@ class Redactor:
         for form in (value, json.dumps(value)[1:-1], json.dumps(value, ensure_ascii=False)[1:-1]):
             self.seen_bytes.add(form.encode("utf-8", "surrogatepass"))
 
-    def may_hold_secret(self, raw: bytes) -> bool:
+    def may_hold_secret(self, raw: bytes, keep: bool = True) -> bool:
         """False only when ``body`` would return ``raw`` unchanged: no secret name, pattern or known value in it.
 
         Substring searches in C, so that the bodies and frames with nothing to mask (nearly all)
-        are not parsed and walked on the proxy's hot path.
+        are not parsed and walked on the proxy's hot path. A big body's answer is kept unless not
+        ``keep`` (a body made only to be checked, never passed on).
         """
         known = tuple(self.seen_bytes)  # a snapshot: a worker thread may check while the loop learns a secret
         with self._answers_lock:
@@ -99,7 +100,7 @@ class Redactor:
             return last[2]  # the same body again (the scrubber, then the journal): a big one costs a pass each
         low = raw.lower()
         found = any(n in low for n in self.needles) or any(v in raw for v in known)
-        if len(raw) >= ANSWER_KEPT_FROM:
+        if keep and len(raw) >= ANSWER_KEPT_FROM:
             with self._answers_lock:
                 if len(self._answers) >= ANSWERS_KEPT:
                     self._answers.pop(next(iter(self._answers)), None)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from hypothesis import given, settings
@@ -133,3 +134,24 @@ def test_any_value_parses_as_mitmproxys_tnetstring_parses_it(value):
     raw = tnetstring.dumps(value)
     parsed, end = flowfile._value(raw, 0)
     assert parsed == tnetstring.loads(raw) and end == len(raw)
+
+
+FRAMES = ['{"type": "user_message", "text": "hello"}', '{"type": "agent_response", "token": "tok-abcdef-1"}',
+          '{"dynamic_variables": {"secret__pin": "4242-9999"}}', "echo tok-abcdef-1 and 4242-9999",
+          "Bearer abcdefgh12345", "plain words", '{"conversation_signature": "sig-0000001"}']
+
+
+@given(st.lists(st.sampled_from(FRAMES), max_size=6))
+@settings(max_examples=200, derandomize=True, deadline=None)
+def test_a_sockets_frames_checked_at_once_are_masked_as_frame_by_frame(texts):
+    from sessiontap.app.capture import _redacted_messages
+    from sessiontap.core.model import WsMessage
+    from sessiontap.core.redact import Redactor
+
+    messages = [WsMessage(i % 2 == 0, float(i), t, len(t)) for i, t in enumerate(texts)]
+    messages.append(WsMessage(True, 9.0, None, 3))  # a binary frame
+    at_once, each = Redactor(), Redactor()
+    one_by_one = [m if m.text is None else replace(m, text=(each.body(m.text.encode()) or b"").decode())
+                  for m in messages]
+    assert _redacted_messages(messages, at_once) == one_by_one
+    assert at_once.seen == each.seen
