@@ -178,7 +178,7 @@ class Analyzer:
         conversations under one id are told apart by their lineage, connections and timing.
         """
         tracker = self.thread_trackers.get(state.id)
-        if tracker is None:  # made once a session: it copies last_use, one entry per connection
+        if tracker is None:  # made once a session: it shares last_use, one entry per connection
             tracker = self.thread_trackers[state.id] = SessionTracker(self.settings.session_gap,
                                                                        self.hindsight.last_use, infer_order=False)
         numbers = self.thread_numbers.setdefault(state.id, {})

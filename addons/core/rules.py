@@ -140,6 +140,15 @@ def _finding(rule: str, severity: str, state: SessionState, calls: list[Call], m
                    [at.id] if at is not None else [c.id for c in calls])
 
 
+def _session_calls(state: SessionState, key: str, call: Call) -> list[Call]:
+    """The calls a session-wide aggregate is over: all the session's when it is first raised, else just this one.
+
+    Once raised, ``_aggregate`` takes only a new finding's message and evidence, so the calls of
+    a later one would be read for nothing (once a call, quadratic in the session's length).
+    """
+    return [call] if key in state.aggregates else list(state.calls)
+
+
 def _aggregate(state: SessionState, key: str, call: Call, make: Finding) -> list[Finding]:
     found = state.aggregates.get(key)
     if found is None:
@@ -328,7 +337,7 @@ def session_id_collision(j: Judged) -> list[Finding]:
     if state.thread_calls.get(thread, 0) < 2:
         return []
     return _aggregate(state, "session-id-collision", call, _finding(
-        "session-id-collision", ERROR, state, list(state.calls),
+        "session-id-collision", ERROR, state, _session_calls(state, "session-id-collision", call),
         f"session id {state.id!r} is used by {len(state.thread_calls)} conversations that interleave",
         "give every conversation its own unique session id (e.g. a UUID made once per conversation)",
         conversations=len(state.thread_calls)))
@@ -362,7 +371,7 @@ def new_conversation_per_message(j: Judged) -> list[Finding]:
     places = sorted({place(code) for code in opened.values() if code})
     at = f"; opened at {places[0]}" if len(places) == 1 else ""
     return _aggregate(state, "new-conversation-per-message", call, _finding(
-        "new-conversation-per-message", ERROR, state, list(state.calls),
+        "new-conversation-per-message", ERROR, state, _session_calls(state, "new-conversation-per-message", call),
         f"{len(convs)} server conversations for one session, one user message each{at}",
         "open one WebSocket per conversation and send every user message on it; close it only at the end",
         server_conversations=[c.key for c in convs], code=as_json(call.code),

@@ -124,7 +124,9 @@ class SessionTracker:
                  infer_order: bool = True, concurrent: Iterable[str] = ()) -> None:
         self.session_gap = session_gap
         self.infer_order = infer_order  # False: only what the wire proves (lineage, sockets, retries)
-        self.last_use = dict(last_use or {})  # connection -> when its last call started (known offline)
+        # connection -> when its last call started (known offline); read only, so shared, not copied: the
+        # analysis makes a tracker a session, and a copy each was quadratic in a capture's connections
+        self.last_use: Mapping[str, float] = last_use if last_use is not None else {}
         self.concurrent = frozenset(concurrent)  # clients that ever had two calls in flight at once (offline)
         self.sessions: dict[str, _SessionState] = {}
         self.by_server_conversation: dict[str, str] = {}
