@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
@@ -41,31 +42,39 @@ def version() -> str:
         return "0+unknown"
 
 
-def document(doc: dict[str, Any]) -> str:
-    """JSON text of a findings document: a key a line, a list's items one a line, each item compact.
+def document(doc: dict[str, Any]) -> Iterator[str]:
+    """JSON text of a findings document, in pieces: a key a line, a list's items one a line, each item compact.
 
     Readable line by line, and written by json's C encoder (``indent`` makes json encode in Python,
-    which cost seconds for 10,000 calls).
+    which cost seconds for 10,000 calls). In pieces, so that a big one is never one string (about
+    1.5 KB a call, and a copy or two more for masking and encoding).
     """
-    def value(v: Any) -> str:
+    yield "{"
+    for i, (k, v) in enumerate(doc.items()):
+        yield f"{',' if i else ''}\n  {json.dumps(k, ensure_ascii=False)}: "
         if isinstance(v, list) and v:
-            return "[\n" + ",\n".join("    " + json.dumps(item, ensure_ascii=False) for item in v) + "\n  ]"
-        return json.dumps(v, ensure_ascii=False)
-
-    return "{\n" + ",\n".join(f"  {json.dumps(k, ensure_ascii=False)}: {value(v)}" for k, v in doc.items()) + "\n}\n"
+            yield "["
+            for j, item in enumerate(v):
+                yield f"{',' if j else ''}\n    {json.dumps(item, ensure_ascii=False)}"
+            yield "\n  ]"
+        else:
+            yield json.dumps(v, ensure_ascii=False)
+    yield "\n}\n"
 
 
 def write_findings(analysis: Analysis, out: Path, redactor: Redactor | None = None) -> Path:
     """Write findings.json into ``out`` (atomically) and return its path.
 
     ``redactor`` is the one that saw the traffic: every secret it learned (a ``secret__`` value
-    quoted in a message, a token) is masked wherever the analysis repeats it.
+    quoted in a message, a token) is masked wherever the analysis repeats it (piece by piece: a
+    secret is inside one JSON string, so inside one piece).
     """
     path = out / FINDINGS_FILE
     tmp = path.with_suffix(".json.tmp")
-    text = document(analysis.to_json(version()))
-    tmp.write_text(redactor.text(text) if redactor else text, encoding="utf-8",
-                   errors="backslashreplace")  # a lone surrogate is written as its JSON escape
+    # a lone surrogate is written as its JSON escape
+    with open(tmp, "w", encoding="utf-8", errors="backslashreplace") as f:
+        for piece in document(analysis.to_json(version())):
+            f.write(redactor.text(piece) if redactor else piece)
     tmp.replace(path)
     return path
 

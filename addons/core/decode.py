@@ -137,6 +137,8 @@ def embedded_context(text: str) -> tuple[list[Turn], str]:
             return ([], "")
         turns, fmt = normalize_context(obj) if isinstance(obj, dict) else ([], "")
         return (turns, fmt) if fmt == FORMAT_STRUCTURED and turns else ([], "")
+    if text.count(":") < 2:  # two speakers at least, each a "Name:": most turns are plain text
+        return ([], "")
     turns, fmt = turns_from_transcript(text)
     return (turns, fmt) if fmt in (FORMAT_TRANSCRIPT, FORMAT_FLAT) and len(turns) > 1 else ([], "")
 

@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sessiontap.core.decode import (
@@ -285,3 +285,14 @@ def test_a_calls_json_is_what_asdict_gives_without_the_per_process_fields():
     tail = call.to_json(context=call.context[-1:], extra_context={})
     assert tail["context"] == expected["context"][-1:] and tail["extra_context"] == {}
     assert Call.from_json(call.to_json()) == call
+
+
+@given(st.lists(st.sampled_from(["User:", "Agent: ", "AI:", "user :", "hello", "10:30", "\n", " ", "x: y", ":"]),
+                max_size=8).map("".join))
+@settings(max_examples=400, derandomize=True, deadline=None)
+def test_the_colon_count_skips_only_texts_that_hold_no_embedded_transcript(text):
+    from sessiontap.core.decode import FORMAT_FLAT, FORMAT_TRANSCRIPT, embedded_context, turns_from_transcript
+
+    turns, fmt = turns_from_transcript(text)
+    whole = (turns, fmt) if fmt in (FORMAT_TRANSCRIPT, FORMAT_FLAT) and len(turns) > 1 else ([], "")
+    assert embedded_context(text) == whole or text.strip().startswith("{")
