@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from playwright.sync_api import Browser
@@ -130,6 +131,17 @@ def demo_capture(tmp_path_factory: pytest.TempPathFactory,
 
 MITMDUMP = str(Path(sys.executable).parent / "mitmdump")
 PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "ws_proxy", "wss_proxy", "socks_proxy")
+
+
+def write_capture(flows: list[Any], path: Path) -> Path:
+    """A flow file holding these mitmproxy flows, as mitmdump -w writes one."""
+    from mitmproxy import io as mio
+
+    with open(path, "wb") as f:
+        writer = mio.FlowWriter(f)
+        for flow in flows:
+            writer.add(flow)
+    return path
 
 
 def free_port() -> int:

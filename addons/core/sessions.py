@@ -117,6 +117,9 @@ class _SessionState:
         return None if any(e is None for e in ends) else max((e for e in ends if e is not None), default=None)
 
 
+SPANS_KEPT = 256  # a client's call spans kept before the ended ones are pruned
+
+
 class SessionTracker:
     """Assigns each call a session id, its source and its evidence; feed it calls in start order."""
 
@@ -135,6 +138,7 @@ class SessionTracker:
         self.now: dict[int, dict[str, None]] = {}  # a hash -> the sessions whose latest completed call left it
         self.failed: dict[str, str] = {}  # request digest of a retryable failure -> its session
         self.spans: dict[str, dict[str, list[float | None]]] = {}  # client -> call id -> [started, ended]
+        self._spans_kept: dict[str, int] = {}  # client -> how many spans before pruning again
         self._counter = 0
 
     def _busy(self, call: Call) -> bool:
@@ -145,11 +149,15 @@ class SessionTracker:
         return False
 
     def _span(self, call: Call) -> None:
+        """Note the call's time span (again at ``complete``, with its end); the ended ones pruned now and then."""
         spans = self.spans.setdefault(call.client, {})
         spans[call.id] = [call.started, call.ended]
-        if len(spans) > 256:  # keep the recent ones: only calls still in flight matter
+        if len(spans) > self._spans_kept.get(call.client, SPANS_KEPT):  # only calls still in flight matter
             for cid in [c for c, (_, end) in spans.items() if end is not None and end < call.started]:
                 del spans[cid]
+            # pruned again only once as many more came: calls that never end (failed before an answer)
+            # would otherwise make every later call walk them all
+            self._spans_kept[call.client] = max(SPANS_KEPT, 2 * len(spans))
 
     def _new_id(self) -> str:
         self._counter += 1

@@ -15,13 +15,14 @@ from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from mitmproxy import http, io
+from mitmproxy import http
 from mitmproxy.io import tnetstring
 from mitmproxy.test import tflow
 
 from sessiontap.app.capture import read_capture, read_flows, records_of
 from sessiontap.bridge import flowfile
 from sessiontap.journal import CAPTURE_FILE
+from tests.conftest import write_capture
 
 SIMULATE = "/v1/convai/agents/agent_customs_demo/simulate-conversation"
 
@@ -65,16 +66,8 @@ def shapes() -> list[http.HTTPFlow]:
             null_body, socket, open_socket]
 
 
-def write(path: Path, flows: list) -> Path:
-    with open(path, "wb") as f:
-        writer = io.FlowWriter(f)
-        for flow in flows:
-            writer.add(flow)
-    return path
-
-
 def test_every_shape_of_flow_reads_as_the_record_of_mitmproxys_flow(tmp_path: Path):
-    path = write(tmp_path / CAPTURE_FILE, [*shapes(), tflow.ttcpflow(), tflow.tdnsflow()])
+    path = write_capture([*shapes(), tflow.ttcpflow(), tflow.tdnsflow()], tmp_path / CAPTURE_FILE)
     fast = read_capture(path)
     slow = read_flows(path)
     assert fast.warning is None and slow.warning is None
@@ -92,7 +85,7 @@ def test_every_shape_of_flow_reads_as_the_record_of_mitmproxys_flow(tmp_path: Pa
 
 
 def test_a_torn_tail_keeps_the_flows_before_it_with_a_warning(tmp_path: Path):
-    whole = write(tmp_path / "whole.mitm", shapes()).read_bytes()
+    whole = write_capture(shapes(), tmp_path / "whole.mitm").read_bytes()
     first = len(tnetstring.dumps(shapes()[0].get_state()))
     for cut in (first + 7, len(whole) - 1, len(whole) - 200):
         torn = tmp_path / f"torn-{cut}.mitm"

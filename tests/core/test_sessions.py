@@ -146,3 +146,30 @@ def test_lineage_keys_worked_out_ahead_are_the_ones_the_tracker_would_count():
     assert first.context_key is None
     work_out_keys(first)
     assert first.carried_key() == prefix_hashes(first.carried_state(), ("http", "a1"))[-1]
+
+
+def test_a_clients_spans_stay_bounded_as_calls_end_and_calls_that_never_end_are_walked_ever_less_often():
+    from sessiontap.core.sessions import SPANS_KEPT
+
+    tr = SessionTracker()
+    for i in range(3000):  # live: assigned as the request starts, completed once the answer is in
+        c = call(i, [u(f"q{i}")], "ok", declared_session=f"s{i}")
+        ended, c.ended = c.ended, None
+        tr.assign(c)
+        c.ended = ended
+        tr.complete(c)
+    assert len(tr.spans[c.client]) <= SPANS_KEPT + 1
+
+    class Walked(dict):  # counts the walks over one client's spans
+        walks = 0
+
+        def items(self):  # type: ignore[override]
+            Walked.walks += 1
+            return super().items()
+
+    tr.spans[c.client] = Walked(tr.spans[c.client])
+    for i in range(3000):  # never answered: still in flight, so never pruned
+        c = call(10_000 + i, [u("x")], declared_session=f"n{i}")
+        c.ended = None
+        tr.assign(c)
+    assert len(tr.spans[c.client]) == 3000 and Walked.walks < 10  # walked as the count doubles, not at every call

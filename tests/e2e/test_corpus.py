@@ -54,6 +54,7 @@ from sessiontap.reports import html as report_html
 from tests.app.test_hostile import FRAMES as HOSTILE_FRAMES
 from tests.app.test_hostile import HOSTILE
 from tests.app.test_hostile import REPLY as HOSTILE_REPLY
+from tests.conftest import write_capture
 
 pytestmark = pytest.mark.timeout(600)  # the live run alone is about a minute on two idle cores; more when busy
 
@@ -1028,16 +1029,6 @@ def recorded(cases: tuple[Case, ...] | list[Case]) -> list[Any]:
             flow.response.timestamp_start, flow.response.timestamp_end = start + 0.5, start + 1
         flows.append(flow)
     return flows
-
-
-def write_capture(flows: list[Any], path: Path) -> Path:
-    from mitmproxy import io as mio
-
-    with open(path, "wb") as f:
-        writer = mio.FlowWriter(f)
-        for flow in flows:
-            writer.add(flow)
-    return path
 
 
 def test_the_offline_commands_take_the_whole_corpus_as_a_flow_file(tmp_path: Path):
