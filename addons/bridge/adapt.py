@@ -42,7 +42,7 @@ CLIENT_KEY = "client"  # in flow.metadata["sessiontap"]: the client as the live 
 CODE_KEY = "code"  # in flow.metadata["sessiontap"]: the client's frames that sent the flow
 KEY_HEADERS = ("xi-api-key", "authorization", "x-api-key", "api-key")
 Peer = tuple[str, int] | list[Any] | None  # a client address: a flow's, or as a flow file holds it
-Message = tuple[Iterable[tuple[bytes, bytes]], bytes | None]  # a request's or response's header fields and raw body
+MessageParts = tuple[Iterable[tuple[bytes, bytes]], bytes | None]  # header fields and raw body
 
 
 def _connection(peer: Peer) -> str:
@@ -100,8 +100,8 @@ def _query(url: str) -> dict[str, str]:
     return query
 
 
-def _exchange(flow_id: str, method: str, url: str, path: str, request: Message, started: float,
-              response: tuple[int, Message, float | None] | None, error: tuple[str, float] | None,
+def _exchange(flow_id: str, method: str, url: str, path: str, request: MessageParts, started: float,
+              response: tuple[int, MessageParts, float | None] | None, error: tuple[str, float] | None,
               peer: Peer, metadata: dict[str, Any]) -> Exchange:
     """The core record of an HTTP exchange, from its parts however they were read."""
     request_headers = _from_fields(request[0])

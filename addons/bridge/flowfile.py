@@ -42,16 +42,8 @@ def _span(buf: Any, pos: int) -> tuple[int, int, int]:
 
 
 def _value(buf: Any, pos: int) -> tuple[Any, int]:
-    """The value at ``pos`` and where the next one begins (``_span`` inlined: this runs for every value)."""
-    colon = buf.find(b":", pos, pos + 12)
-    try:
-        start = colon + 1
-        stop = start + int(buf[pos:colon])
-        tag = buf[stop]
-    except (ValueError, IndexError):
-        colon = -1
-    if colon < 0:
-        raise FlowFileError(f"no value at byte {pos}")
+    """The value at ``pos`` and where the next one begins."""
+    start, stop, tag = _span(buf, pos)
     if tag == _BYTES:
         return buf[start:stop], stop + 1
     if tag == _TEXT:
