@@ -12,9 +12,9 @@ from sessiontap.app.capture import default_out
 from sessiontap.app.config import analysis_settings, settings_from
 from sessiontap.core.errors import SessiontapError
 from sessiontap.core.redact import Redactor
-from sessiontap.probe.run import SAMPLES as PROBE_SAMPLES
 from sessiontap.probe.scenarios import DEFAULT_TURNS, MAX_TURNS, MIN_TURNS
 from sessiontap.probe.scenarios import NAMES as SCENARIO_NAMES
+from sessiontap.probe.scenarios import SAMPLES as PROBE_SAMPLES
 
 if TYPE_CHECKING:
     from sessiontap.app.capture import Capture

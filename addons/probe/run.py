@@ -32,7 +32,6 @@ from sessiontap.probe.lines import LineClient
 from sessiontap.probe.scenarios import Scenario
 
 PROTOCOLS = (HTTP, WEBSOCKET)
-SAMPLES = ("fixed", "faulty")
 SAMPLE_SUFFIX = {HTTP: "http", WEBSOCKET: "ws"}  # sample kinds are fixed-http, faulty-ws, ...
 AS_SPOKEN = "client"  # the column of a --client run that was not asked for a protocol
 PROBE_FILE = "probe.json"

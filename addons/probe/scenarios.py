@@ -12,6 +12,7 @@ CONTEXT_GROWS = "context-grows"
 CONTEXT_SIZE = "context-size"
 
 DEFAULT_TURNS = 5
+SAMPLES = ("fixed", "faulty")  # the built-in clients that play a scenario (--sample)
 MIN_TURNS, MAX_TURNS = 2, 50
 LONG_FACTOR = 4  # the context-size scenario plays this many times --turns messages
 
