@@ -148,3 +148,15 @@ def test_a_sockets_frames_checked_at_once_are_masked_as_frame_by_frame(texts):
                   for m in messages]
     assert _redacted_messages(messages, at_once) == one_by_one
     assert at_once.seen == each.seen
+
+
+def test_the_collector_runs_less_often_only_while_a_capture_is_analysed(tmp_path: Path, monkeypatch):
+    import gc
+
+    from sessiontap.app import capture
+
+    seen = []
+    monkeypatch.setattr(capture, "analyse_records", lambda *a, **k: seen.append(gc.get_threshold()))
+    before = gc.get_threshold()
+    capture.analyse_capture(write_capture(shapes(), tmp_path / CAPTURE_FILE))
+    assert seen and seen[0][0] > before[0] and gc.get_threshold() == before
