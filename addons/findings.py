@@ -116,6 +116,7 @@ class Findings:
         self.analyzer.settings = Settings.from_options(sessiontap_values())
 
     def _publish(self, found: list[Finding], flow: http.HTTPFlow) -> None:
+        marked = False
         for f in found:
             if self.journal is not None:
                 self.journal.record("finding", f.to_json())
@@ -123,7 +124,10 @@ class Findings:
                 flow.marked = MARKS.get(f.severity, ":warning:")
                 note = self.redactor.text(f"[{f.rule}] {f.message}")
                 flow.comment = "\n".join(x for x in (flow.comment, note) if x)
-        if found:
+                marked = True
+        # Only a flow view (mitmweb's, the console's) redraws on it; without one, the hook would
+        # still walk every addon, once a call with a finding.
+        if marked and ctx.master.addons.get("view") is not None:
             ctx.master.addons.trigger(hooks.UpdateHook([flow]))
 
     def on_call(self, call: Call, flow: http.HTTPFlow) -> None:

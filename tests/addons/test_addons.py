@@ -90,6 +90,32 @@ def test_findings_mark_and_comment_the_flows_in_mitmweb():
     assert findings.analyzer.settings.max_context_tokens == 10  # the option reached the rules
 
 
+def test_a_marked_flow_is_redrawn_where_a_flow_view_shows_it_and_nowhere_else():
+    from mitmproxy.addons.view import View
+
+    from sessiontap.core.model import AGENT, HTTP, Call, Turn
+    from sessiontap.findings import Findings
+
+    class Updates:
+        seen: list[str] = []
+
+        def update(self, flows):
+            self.seen += [f.id for f in flows]
+
+    for with_view in (False, True):
+        findings, updates = Findings(), Updates()
+        updates.seen = []
+        flow = tflow.tflow(resp=True)
+        with taddons.context(findings, updates, *([View()] if with_view else [])):
+            for i in range(2):
+                call = Call(id=f"c{i}", flow_id=flow.id if i else f"other{i}", protocol=HTTP, endpoint="simulate",
+                            agent_id="ag", started=float(i), ended=i + 0.5, user_text="hi", context=[],
+                            reply=[Turn(AGENT, "Hi, I'm Durin.")], declared_session="S", server_conversation=f"s{i}",
+                            opening="Hi, I'm Durin.")
+                findings.on_call(call, flow)
+        assert flow.marked and updates.seen == ([flow.id] if with_view else [])
+
+
 def test_journal_lines_stay_bounded_whatever_the_body(tmp_path):
     from sessiontap.core.model import AGENT, HTTP, USER, Call, Turn
 
