@@ -58,7 +58,7 @@ def read_capture(path: Path) -> Capture:
     path = capture_path(path)
     if not flowfile.is_flow_file(str(path)):
         flows = read_flows(path)
-        return Capture([_record(f) for f in flows.flows], flows.warning)
+        return Capture(records_of(flows.flows), flows.warning)
     out = Capture()
     try:
         for state in flowfile.flow_states(str(path)):

@@ -2,8 +2,8 @@
 
 mitmproxy's ``FlowReader`` parses every value of every flow (its tnetstring parser scans each
 length prefix byte by byte in Python) and then builds the flow, type-checking every field of both
-connections: most of the time offline analysis took. Here the file is mapped, a value is found
-by ``bytes.index``, and the values no record needs (the server connection, a flow's backup) are
+connections: most of the time offline analysis took. Here the file is mapped, a value's length
+prefix is found by ``find`` (in C), and the values no record needs (the server connection, a flow's backup) are
 stepped over by their length. A flow of another format version is parsed whole and upgraded by
 mitmproxy's own ``compat.migrate_flow``, as ``FlowReader`` does.
 """
