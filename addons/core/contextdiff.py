@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sessiontap.core.model import Turn, Turns, TurnsSoFar
+from sessiontap.core.model import Turn, Turns, starts_with
 
 CHARS_PER_TOKEN = 4  # the usual rough figure for English text
 
@@ -74,21 +74,11 @@ def _same(a: Turn, b: Turn) -> bool:
     return a is b or a.key() == b.key()
 
 
-def _extends(new: Turns, old: Turns) -> bool:
-    """Whether ``new`` starts with all of ``old``: the usual case, decided without comparing text.
-
-    Two prefixes of one socket's transcript compare by length; lists compare in C (same objects).
-    """
-    if isinstance(new, TurnsSoFar):
-        return new.starts(old)
-    return len(new) >= len(old) and new[: len(old)] == (old if isinstance(old, list) else list(old))
-
-
 def diff(old: Turns, new: Turns) -> ContextDiff:
     """The diff from old to new context (linear in their lengths; constant for one socket's prefixes)."""
     limit = min(len(old), len(new))
     prefix = 0
-    if _extends(new, old):
+    if starts_with(new, old):
         prefix = limit
     while prefix < limit and _same(old[prefix], new[prefix]):
         prefix += 1

@@ -97,9 +97,19 @@ class TurnsSoFar(Sequence[Turn]):
 
     def starts(self, other: Sequence[Turn]) -> bool:
         """True when ``other`` is this prefix's own start (cheap when it is a prefix of the same transcript)."""
-        if isinstance(other, TurnsSoFar) and other._log is self._log:
-            return other._n <= self._n
-        return len(other) <= self._n and self[: len(other)] == (other if isinstance(other, list) else list(other))
+        return starts_with(self, other)
+
+
+def starts_with(turns: Sequence[Turn], prefix: Sequence[Turn]) -> bool:
+    """Whether ``turns`` begins with all of ``prefix``, decided without reading text in the usual cases.
+
+    Two prefixes of one socket's transcript compare by length; lists compare in C (the same Turn
+    objects are equal at once).
+    """
+    if isinstance(turns, TurnsSoFar) and isinstance(prefix, TurnsSoFar) and prefix._log is turns._log:
+        return len(prefix) <= len(turns)
+    return len(prefix) <= len(turns) and turns[: len(prefix)] == (
+        prefix if isinstance(prefix, list) else list(prefix))
 
 
 type Turns = list[Turn] | TurnsSoFar  # a context: its own list, or a prefix of a socket's transcript
