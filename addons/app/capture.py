@@ -56,18 +56,31 @@ def read_capture(path: Path) -> Capture:
     most of offline analysis cost. A HAR file (which mitmproxy reads too) goes through its flows.
     """
     path = capture_path(path)
-    if not flowfile.is_flow_file(str(path)):
-        flows = read_flows(path)
-        return Capture(records_of(flows.flows), flows.warning)
     out = Capture()
     try:
-        for state in flowfile.flow_states(str(path)):
-            if state.get("type") == "http":
+        if not flowfile.is_flow_file(str(path)):
+            flows = read_flows(path)
+            return Capture(records_of(flows.flows), flows.warning)
+        states, odd = flowfile.flow_states(str(path)), 0
+        while True:
+            try:
+                state = next(states, None)
+            except (ValueError, TypeError) as e:  # torn here, not a flow file, or a format mitmproxy cannot read
+                out.warning = _torn(path, len(out.records), e)
+                break
+            if state is None:
+                break
+            if state.get("type") != "http":
+                continue
+            try:
                 out.records.append(_with_audio(adapt.record_of_state(state), state.get("metadata")))
-    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as e:  # torn, or not a flow
-        out.warning = _torn(path, len(out.records), e)
+            except (KeyError, TypeError, ValueError, AttributeError, IndexError):  # one odd flow: the rest still read
+                odd += 1
     except OSError as e:
         raise CaptureError(f"{path}: cannot read: {e.strerror or e}") from e
+    if odd:
+        note = f"{path}: {odd} flows are not HTTP flows as mitmproxy writes them: left out"
+        out.warning = f"{out.warning}; {note}" if out.warning else note
     return out
 
 

@@ -30,15 +30,14 @@ class FlowFileError(ValueError):
 def _span(buf: Any, pos: int) -> tuple[int, int, int]:
     """Where the value at ``pos`` lies: (start, stop, type tag); it ends at stop + 1."""
     colon = buf.find(b":", pos, pos + 12)
-    try:
-        start = colon + 1
-        stop = start + int(buf[pos:colon])
-        tag = buf[stop]
-    except (ValueError, IndexError):
-        colon = -1
-    if colon < 0:
+    length = buf[pos:colon] if colon > pos else b""
+    if not length.isdigit():  # digits only, as mitmproxy reads them (int() takes "-4", "+3", " 1", "1_0")
         raise FlowFileError(f"no value at byte {pos}")
-    return start, stop, tag
+    start = colon + 1
+    stop = start + int(length)
+    if stop >= len(buf):
+        raise FlowFileError(f"no value at byte {pos}: it runs past the end")
+    return start, stop, buf[stop]
 
 
 def _value(buf: Any, pos: int) -> tuple[Any, int]:

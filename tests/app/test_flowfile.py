@@ -13,6 +13,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from mitmproxy import http
@@ -21,6 +22,7 @@ from mitmproxy.test import tflow
 
 from sessiontap.app.capture import read_capture, read_flows, records_of
 from sessiontap.bridge import flowfile
+from sessiontap.core.errors import CaptureError
 from sessiontap.journal import CAPTURE_FILE
 from tests.conftest import write_capture
 
@@ -160,3 +162,29 @@ def test_the_collector_runs_less_often_only_while_a_capture_is_analysed(tmp_path
     before = gc.get_threshold()
     capture.analyse_capture(write_capture(shapes(), tmp_path / CAPTURE_FILE))
     assert seen and seen[0][0] > before[0] and gc.get_threshold() == before
+
+
+def test_a_length_prefix_that_is_not_digits_is_unreadable_never_a_loop(tmp_path: Path):
+    for raw in (b"7:1:a;-4:}", b"9:+1:a;0:~}", b"8: 1:a0:~}", b"12:1_0:abcdefghij}", b"x:", b"5:ab"):
+        path = tmp_path / "odd.mitm"
+        path.write_bytes(raw)
+        with pytest.raises(CaptureError):
+            read_capture(path)  # as mitmproxy's reader: not a flow file
+        with pytest.raises(CaptureError):
+            read_flows(path)
+
+
+def test_one_odd_flow_is_left_out_with_a_warning_and_the_flows_after_it_are_still_read(tmp_path: Path):
+    flows = shapes()[:3]
+    odd = flows[1].get_state()
+    odd["request"]["headers"] = "not a list of fields"  # parses as a value, is no HTTP flow mitmproxy wrote
+    path = tmp_path / "odd.mitm"
+    path.write_bytes(b"".join(tnetstring.dumps(s) for s in (flows[0].get_state(), odd, flows[2].get_state())))
+    cap = read_capture(path)
+    assert [r.exchange.flow_id for r in cap.records] == [flows[0].id, flows[2].id]
+    assert cap.warning and "1 flows are not HTTP flows as mitmproxy writes them: left out" in cap.warning
+
+
+def test_an_unreadable_file_is_a_capture_error_not_a_traceback(tmp_path: Path):
+    with pytest.raises(CaptureError, match="cannot read"):  # there, but reading it fails (as root too)
+        read_capture(Path("/proc/self/mem"))
