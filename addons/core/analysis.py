@@ -186,7 +186,7 @@ class Analyzer:
         bare = replace(call, declared_session=None, session="", session_source="", session_evidence="",
                        churned_from=None, user_id=None, context=turns,
                        context_key=call.context_key if turns is call.context else None,
-                       prefix_keys=call.prefix_keys if turns is call.context else None)
+                       prefix_keys=None)  # the tagger drops them once the call is complete
         sid = tracker.assign(bare)
         tracker.complete(bare)
         thread = numbers.setdefault(sid, len(numbers) + 1)

@@ -200,21 +200,20 @@ class Tap:
     # -- what went through it ---------------------------------------------------------------------
     def analysis(self) -> Analysis:
         """The analysis of everything recorded so far (an open WebSocket's turns included), replay misses too."""
-        from sessiontap.app.capture import analyse_capture, read_capture
+        from sessiontap.app.capture import analyse_capture
         from sessiontap.core.settings import Settings
         from sessiontap.replay.server import miss_findings
 
         for attempt in range(READ_TRIES):  # the proxy's thread may be writing the capture's first flow
             try:
-                analysis, _ = analyse_capture(self.out, Settings.from_options(self._settings))
+                analysis, cap = analyse_capture(self.out, Settings.from_options(self._settings))
                 break
             except CaptureError:
                 if attempt == READ_TRIES - 1:
                     raise
                 time.sleep(0.1)
         if self._replay is not None and self._replay.misses:
-            analysis.add_findings(miss_findings(list(self._replay.misses), read_capture(self.out).records,
-                                                analysis.calls))
+            analysis.add_findings(miss_findings(list(self._replay.misses), cap.records, analysis.calls))
         return analysis
 
     @property
