@@ -239,9 +239,10 @@ class SessionTagger:
 
     @guarded
     def error(self, flow: http.HTTPFlow) -> None:
-        if not flow.live or not is_conversational(flow.request.path.split("?", 1)[0]):
+        started = self.pending.pop(flow.id, None)  # first: a flow killed while it waited is no longer live
+        if started is None and (not flow.live or not is_conversational(flow.request.path.split("?", 1)[0])):
             return
-        self._ended_in_error(flow, self.pending.pop(flow.id, None))
+        self._ended_in_error(flow, started)
 
     def _ended_in_error(self, flow: http.HTTPFlow, started: SimulateRequest | None) -> None:
         msg = flow.error.msg if flow.error else "unknown error"

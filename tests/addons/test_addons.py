@@ -264,3 +264,20 @@ async def test_a_big_request_killed_while_its_body_was_decoded_leaves_nothing_pe
         assert tagger.pending == {}
     calls = [c for c in journal_lines(tmp_path) if c.get("event") == "call"]
     assert len(calls) == 1 and calls[0]["error"] == "Connection killed."
+
+
+def test_a_call_killed_while_it_waits_for_its_reply_is_journaled_with_its_error(tmp_path):
+    """A kill from mitmweb makes the flow no longer live before the error hook runs: the call must not stay pending."""
+    with tagged_into_journal(tmp_path) as (tagger, _):
+        flow = tflow.tflow()
+        flow.request.method = "POST"
+        flow.request.path = "/v1/convai/agents/a/simulate-conversation"
+        flow.request.content = json.dumps({"simulation_specification": {"partial_conversation_history": [
+            {"role": "user", "message": "hello", "time_in_call_secs": 0}]}}).encode()
+        assert tagger.request(flow) is None and flow.id in tagger.pending
+        flow.kill()
+        assert not flow.live
+        tagger.error(flow)
+        assert tagger.pending == {}
+    calls = [c for c in journal_lines(tmp_path) if c.get("event") == "call"]
+    assert len(calls) == 1 and calls[0]["error"] == "Connection killed."
