@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sessiontap.core import rules
-from sessiontap.core.code import frames_of, where
+from sessiontap.core.code import frames_of, place, where
 from sessiontap.core.contextdiff import ContextDiff, diff, tokens_of
 from sessiontap.core.decode import TRANSCRIPT_FIELD
 from sessiontap.core.model import Call, Closing, Finding, Note, ServerConversation, SessionState
@@ -231,8 +231,15 @@ class Analyzer:
                 conv.after_upstream_error = before is not None and before.upstream_failed
             state.server_conversations[call.server_conversation] = conv
             self.conversation_session[call.server_conversation] = state.id
+            if not conv.after_upstream_error:
+                state.fresh_conversations.append(conv.key)
+            if call.code:
+                state.opened_at[conv.key] = where(call.code)
+                state.opened_places.add(place(call.code))
         if call.user_text is not None:
             conv.user_messages += 1
+            if conv.user_messages == 2 and not conv.after_upstream_error:
+                state.chatty_conversations += 1
         if prev is not None:
             self.diffs[call.id] = diff(prev.context, call.context)
         thread = self.thread_of.get(prev.id, ("", 1))[1] if prev else 1

@@ -390,3 +390,8 @@ class SessionState:
     # aggregate key -> the call ids and the flow ids of its finding, as sets to look them up
     aggregated: dict[str, tuple[set[str], set[str]]] = field(default_factory=dict)
     evidence: dict[str, int] = field(default_factory=dict)  # what placed its calls in it -> how many calls
+    # kept as calls join for new-conversation-per-message, which would otherwise walk them all at every call:
+    fresh_conversations: list[str] = field(default_factory=list)  # keys of those not opened after a server failure
+    chatty_conversations: int = 0  # of those, how many carried more than one user message
+    opened_at: dict[str, str] = field(default_factory=dict)  # conversation key -> where its first call was sent
+    opened_places: set[str] = field(default_factory=set)  # the places (file:line) those first calls were sent from

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from sessiontap.core.code import as_json, place, where
+from sessiontap.core.code import as_json, where
 from sessiontap.core.contextdiff import diff, tokens_of
 from sessiontap.core.decode import FORMAT_FLAT, FORMAT_SUMMARY, HISTORY_FIELD
 from sessiontap.core.model import AGENT, USER, WEBSOCKET, Call, Closing, Finding, Note, SessionState, Turns
@@ -364,18 +364,16 @@ def new_conversation_per_message(j: Judged) -> list[Finding]:
     state, call = j.state, j.call
     if call is None or call.protocol != WEBSOCKET:
         return []
-    convs = [c for c in state.server_conversations.values() if not c.after_upstream_error]
-    if len(convs) < 2 or any(c.user_messages > 1 for c in convs):
+    convs = state.fresh_conversations
+    if len(convs) < 2 or state.chatty_conversations:
         return []
-    opened = {c.server_conversation: c.code for c in reversed(state.calls)}  # each conversation's first call
-    places = sorted({place(code) for code in opened.values() if code})
-    at = f"; opened at {places[0]}" if len(places) == 1 else ""
+    places = state.opened_places  # where each conversation's first call was sent from
+    at = f"; opened at {next(iter(places))}" if len(places) == 1 else ""
     return _aggregate(state, "new-conversation-per-message", call, _finding(
         "new-conversation-per-message", ERROR, state, _session_calls(state, "new-conversation-per-message", call),
         f"{len(convs)} server conversations for one session, one user message each{at}",
         "open one WebSocket per conversation and send every user message on it; close it only at the end",
-        server_conversations=[c.key for c in convs], code=as_json(call.code),
-        opened_at={key: where(code) for key, code in opened.items() if code}))
+        server_conversations=list(convs), code=as_json(call.code), opened_at=dict(state.opened_at)))
 
 
 # --- failures and undecodable payloads ---------------------------------------------------------

@@ -257,3 +257,30 @@ def test_the_verdict_names_a_place_in_the_code_once_however_many_sessions_lost_t
     causes = Analysis([], [], {}, same + other).code_causes()
     assert causes == ["in 5 sessions every call that lost the context was sent at client.py:10 send",
                       "in t every call that lost the context was sent at client.py:20 send"]
+
+
+def test_a_socket_per_message_session_is_judged_without_walking_its_calls_at_every_call(monkeypatch):
+    """new-conversation-per-message keeps its evidence as calls join: its cost per call stays flat."""
+    from sessiontap.core import analysis, code, rules
+
+    walks = 0
+    real_place = code.place
+
+    def counted(frames):
+        nonlocal walks
+        walks += 1
+        return real_place(frames)
+
+    for module in (analysis, rules, code):
+        monkeypatch.setattr(module, "place", counted, raising=False)
+    an = Analyzer()
+    n = 300
+    for i in range(n):
+        an.add_call(mk(i, [A("Hello"), U(f"m{i}")], f"r{i}", protocol=WEBSOCKET, server=f"conv{i}", user=f"m{i}",
+                       code=[("client.py", 10 + i % 2, "send")]))
+    [per_message] = [f for f in an.result().findings if f.rule == "new-conversation-per-message"]
+    assert walks <= 2 * n, walks
+    assert per_message.message == f"{n} server conversations for one session, one user message each"
+    assert per_message.evidence["server_conversations"] == [f"conv{i}" for i in range(n)]
+    assert per_message.evidence["opened_at"] == {f"conv{i}": f"client.py:{10 + i % 2} send" for i in range(n)}
+    assert per_message.call_ids == [f"c{i}" for i in range(n)]  # raised over all, every later call added
