@@ -61,7 +61,9 @@ class Redactor:
         names = {n.encode() for n in self.keys | SECRET_PARAMS} | {b"sk_", b"bearer"}
         # one search for each name that holds no other (``token`` finds ``conversation_token`` too)
         self.needles = tuple(sorted(n for n in names if not any(m != n and m in n for m in names)))
-        self.seen_bytes: set[bytes] = set()
+        # The seen values as they may stand in raw bytes; replaced whole when one is learnt, never changed in
+        # place, so that a worker thread reads a consistent set without a lock or a copy.
+        self.seen_bytes: tuple[bytes, ...] = ()
         # The last bodies checked, by identity: the body (held, so that its id stays its own), as many
         # secrets known then, the answer. A big body is checked once, maybe in a worker thread ahead of
         # the hooks (the tagger's), then found here by the scrubber and the journal.
@@ -83,8 +85,8 @@ class Redactor:
         self.by_length = sorted(self.seen, key=len, reverse=True)
         # As it may stand in raw bytes: plain, and escaped inside a JSON string (with and without
         # ensure_ascii), so that the prefilter of may_hold_secret never misses it.
-        for form in (value, json.dumps(value)[1:-1], json.dumps(value, ensure_ascii=False)[1:-1]):
-            self.seen_bytes.add(form.encode("utf-8", "surrogatepass"))
+        forms = (value, json.dumps(value)[1:-1], json.dumps(value, ensure_ascii=False)[1:-1])
+        self.seen_bytes = tuple(dict.fromkeys((*self.seen_bytes, *(f.encode("utf-8", "surrogatepass") for f in forms))))
 
     def may_hold_secret(self, raw: bytes, keep: bool = True) -> bool:
         """False only when ``body`` would return ``raw`` unchanged: no secret name, pattern or known value in it.
@@ -93,14 +95,16 @@ class Redactor:
         are not parsed and walked on the proxy's hot path. A big body's answer is kept unless not
         ``keep`` (a body made only to be checked, never passed on).
         """
-        known = tuple(self.seen_bytes)  # a snapshot: a worker thread may check while the loop learns a secret
-        with self._answers_lock:
-            last = self._answers.get(id(raw))
-        if last is not None and last[0] is raw and last[1] == len(known):
-            return last[2]  # the same body again (the scrubber, then the journal): a big one costs a pass each
+        known = self.seen_bytes  # a snapshot: a worker thread may check while the loop learns a secret
+        big = len(raw) >= ANSWER_KEPT_FROM
+        if big:
+            with self._answers_lock:
+                last = self._answers.get(id(raw))
+            if last is not None and last[0] is raw and last[1] == len(known):
+                return last[2]  # the same body again (the scrubber, then the journal): a big one costs a pass each
         low = raw.lower()
         found = any(n in low for n in self.needles) or any(v in raw for v in known)
-        if keep and len(raw) >= ANSWER_KEPT_FROM:
+        if keep and big:
             with self._answers_lock:
                 if len(self._answers) >= ANSWERS_KEPT:
                     self._answers.pop(next(iter(self._answers)), None)
