@@ -86,7 +86,10 @@ def _picked(buf: Any, pos: int, keys: frozenset[str]) -> Any:
 
 
 def _flow(buf: Any, pos: int) -> tuple[dict[str, Any], int]:
-    """The flow whose record begins at ``pos`` (its skipped parts absent when of the current format)."""
+    """The flow whose record begins at ``pos`` (its skipped parts absent when of the current format).
+
+    Of the current format, a flow that is not HTTP is only its type and version: nothing else of it is read.
+    """
     start, stop, tag = _span(buf, pos)
     if tag != _DICT:
         raise FlowFileError(f"no flow at byte {pos}")
@@ -95,11 +98,12 @@ def _flow(buf: Any, pos: int) -> tuple[dict[str, Any], int]:
         key, start = _value(buf, start)
         spans[key] = start
         start = _span(buf, start)[1] + 1
-    state = {k: _picked(buf, at, PICKED[k]) if k in PICKED else _value(buf, at)[0]
-             for k, at in spans.items() if k not in SKIPPED}
-    if state.get("version") != version.FLOW_FORMAT_VERSION:
-        state = cast(dict[str, Any], compat.migrate_flow({k: _value(buf, at)[0] for k, at in spans.items()}))
-    return state, stop + 1
+    if "version" not in spans or _value(buf, spans["version"])[0] != version.FLOW_FORMAT_VERSION:
+        return cast(dict[str, Any], compat.migrate_flow({k: _value(buf, at)[0] for k, at in spans.items()})), stop + 1
+    if "type" not in spans or _value(buf, spans["type"])[0] != "http":  # TCP, UDP, DNS: no record reads them
+        return {k: _value(buf, spans[k])[0] for k in ("type", "version") if k in spans}, stop + 1
+    return {k: _picked(buf, at, PICKED[k]) if k in PICKED else _value(buf, at)[0]
+            for k, at in spans.items() if k not in SKIPPED}, stop + 1
 
 
 def flow_states(path: str) -> Iterator[dict[str, Any]]:

@@ -84,6 +84,8 @@ def test_every_shape_of_flow_reads_as_the_record_of_mitmproxys_flow(tmp_path: Pa
     assert fast.records[1].exchange.response_body == b'{"simulated_conversation": []}'  # decoded
     assert fast.records[-2].websocket and fast.records[-2].close_code == 1011
     assert fast.records[-2].closed_by_client is False
+    others = [state for state in flowfile.flow_states(str(path)) if state["type"] != "http"]
+    assert [sorted(state) for state in others] == [["type", "version"]] * 2  # nothing else of them parsed
 
 
 def test_a_torn_tail_keeps_the_flows_before_it_with_a_warning(tmp_path: Path):
