@@ -15,7 +15,7 @@ from sessiontap.bridge.guard import guarded, in_thread
 from sessiontap.bridge.options import Check, check_updated
 from sessiontap.core.code import CodeTrace, Frame, frames_of
 from sessiontap.core.decode import Decoded, SimulateRequest, WsDecoder, decode_exchange, decode_request
-from sessiontap.core.model import Call, Closing, Exchange, Note
+from sessiontap.core.model import Call, Closing, Note
 from sessiontap.core.protocol import header, identifier, is_conversational, is_websocket_path
 from sessiontap.core.sessions import SessionTracker, work_out_keys
 from sessiontap.core.settings import DEFAULTS, check_session_gap
@@ -25,6 +25,13 @@ log = logging.getLogger("sessiontap")
 TAG_HEADER = "X-Sessiontap-Session"
 META_KEY = "sessiontap"
 BIG_BODY = 1 << 20  # bytes from which a body is decoded in a worker thread, off the event loop
+BIG_ENCODED = BIG_BODY // 64  # the same for a compressed body (gzip, br...): JSON may grow 70 times once decoded
+
+
+def is_big(message: http.Message) -> bool:
+    """Whether the body is decoded in a worker thread: big, or compressed and maybe big once decoded."""
+    size = len(message.raw_content or b"")
+    return size >= BIG_BODY or (size >= BIG_ENCODED and "content-encoding" in message.headers)
 
 
 class Listener(Protocol):
@@ -159,17 +166,18 @@ class SessionTagger:
             flow.metadata[META_KEY] = {"session": sid, "session_source": "client" if declared else "", **meta}
             return None
         flow.metadata[META_KEY] = meta
-        exchange = adapt.exchange(flow)
-        work = partial(self._decode_request, exchange, *self._options())
-        if len(exchange.request_body) >= BIG_BODY:
+        big = is_big(flow.request)
+        work = partial(self._decode_request, flow, big, *self._options())
+        if big:
             return in_thread(self, "request", flow, work, partial(self._requested, flow))
         self._requested(flow, work())
         return None
 
-    def _decode_request(self, exchange: Exchange, header: str, field: str) -> SimulateRequest | None:
-        """The request's call, decoded (pure: a big body's runs in a worker thread)."""
+    def _decode_request(self, flow: http.HTTPFlow, big: bool, header: str, field: str) -> SimulateRequest | None:
+        """The request's call, decoded (reads the flow, changes nothing: a big body's runs in a worker thread)."""
+        exchange = adapt.exchange(flow)  # the body decoded (gzip...) here too: off the loop when big
         started = decode_request(exchange, header, field)
-        if len(exchange.request_body) >= BIG_BODY:
+        if big:
             if started is not None:
                 work_out_keys(started.decoded.calls[0])
             self._prework(exchange.request_body)
@@ -210,25 +218,26 @@ class SessionTagger:
             flow.response.headers[TAG_HEADER] = flow.metadata.get(META_KEY, {}).get("session", "")
             return None
         started = self.pending.pop(flow.id, None)  # its request was decoded when it was sent: parsed once
-        exchange = adapt.exchange(flow)
-        work = partial(self._decode_response, started, exchange, *self._options())
-        if len(exchange.response_body or b"") >= BIG_BODY or (started is None
-                                                            and len(exchange.request_body) >= BIG_BODY):
+        big_request = started is None and is_big(flow.request)  # not decoded yet: decoded with the response
+        big_response = is_big(flow.response)
+        work = partial(self._decode_response, flow, started, big_request, big_response, *self._options())
+        if big_request or big_response:
             return in_thread(self, "response", flow, work, partial(self._responded, flow, started))
         self._responded(flow, started, work())
         return None
 
-    def _decode_response(self, started: SimulateRequest | None, exchange: Exchange, header: str,
-                         field: str) -> Decoded:
-        """The call completed with its response (pure: a big body's runs in a worker thread)."""
+    def _decode_response(self, flow: http.HTTPFlow, started: SimulateRequest | None, big_request: bool,
+                         big_response: bool, header: str, field: str) -> Decoded:
+        """The call completed with its response (reads the flow, changes nothing: runs in a worker thread when big)."""
+        exchange = adapt.exchange(flow)
         if started is not None:
             found = started.answered(exchange)
         else:
             found = decode_exchange(exchange, header, field)
-            if len(exchange.request_body) >= BIG_BODY:
+            if big_request:
                 for call in found.calls:
                     work_out_keys(call)
-        if len(exchange.response_body or b"") >= BIG_BODY:
+        if big_response:
             self._prework(exchange.response_body)
         return found
 

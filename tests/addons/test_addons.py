@@ -281,3 +281,27 @@ def test_a_call_killed_while_it_waits_for_its_reply_is_journaled_with_its_error(
         assert tagger.pending == {}
     calls = [c for c in journal_lines(tmp_path) if c.get("event") == "call"]
     assert len(calls) == 1 and calls[0]["error"] == "Connection killed."
+
+
+async def test_a_compressed_big_body_is_decompressed_off_the_event_loop_too(tmp_path, monkeypatch):
+    import gzip
+    import threading
+
+    from sessiontap.bridge import adapt
+
+    threads = []
+    real = adapt.exchange
+
+    def watched(flow):
+        threads.append(threading.current_thread())
+        return real(flow)
+
+    monkeypatch.setattr(adapt, "exchange", watched)
+    with tagged_into_journal(tmp_path) as (tagger, _):
+        flow = _big_simulate_flow(3000)
+        flow.request.headers["content-encoding"] = "gzip"
+        flow.request.raw_content = gzip.compress(flow.request.raw_content)
+        assert len(flow.request.raw_content) < tagger_module.BIG_BODY  # big only once decoded
+        await tagger.request(flow)
+        assert flow.request.headers[tagger_module.TAG_HEADER]
+    assert threads and threading.main_thread() not in threads
