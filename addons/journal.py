@@ -20,9 +20,8 @@ from typing import IO, Any, BinaryIO
 
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.addonmanager import Loader
-from mitmproxy.io import tnetstring
 
-from sessiontap.bridge import adapt
+from sessiontap.bridge import adapt, flowfile
 from sessiontap.bridge.backlog import Backlog
 from sessiontap.bridge.guard import guarded
 from sessiontap.core.model import Call, Closing, Note
@@ -163,7 +162,7 @@ class Journal:
         if self.capture is None or self.failed or self.closed:
             return
         try:
-            tnetstring.dump(adapt.sent_state(flow, self.redactor), self.capture)
+            self.capture.write(flowfile.dumps(adapt.sent_state(flow, self.redactor)))
             self.capture.flush()
         except OSError as e:
             self._fail(CAPTURE_FILE, e)

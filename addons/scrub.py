@@ -8,7 +8,8 @@ flows byte for byte), so each part is masked at the first hook after it has gone
 
 - the request (API key headers, signed URL, ``secret__`` variables in its body): at its
   response or error, when it has reached the server;
-- WebSocket messages: each at the next message of its socket, the rest at the socket's end;
+- WebSocket messages: each once the next message of its socket has gone on (through the chain's
+  backlog: nothing prints or shows an earlier message meanwhile), the rest at the socket's end;
 - a response (signed URLs and tokens in its body): once the client has it, that is at the next
   HTTP/1 request on the same connection, when the client disconnects, or at shutdown.
 
@@ -25,6 +26,7 @@ from collections import defaultdict
 from mitmproxy import connection, ctx, http
 
 from sessiontap.bridge import adapt
+from sessiontap.bridge.backlog import Backlog
 from sessiontap.bridge.guard import guarded
 from sessiontap.core.redact import Redactor
 
@@ -36,8 +38,9 @@ MAX_UNSENT = 64  # responses held per connection (HTTP/2 keeps one open); older 
 class Scrubber:
     """Masks each part of a live flow in place as soon as it has been sent."""
 
-    def __init__(self, redactor: Redactor | None = None) -> None:
+    def __init__(self, redactor: Redactor | None = None, backlog: Backlog | None = None) -> None:
         self.redactor = redactor or Redactor()  # the journal's: it knows every secret seen so far
+        self.backlog = backlog or Backlog()  # earlier messages are masked off the next one's latency
         self.unsent: dict[str, list[http.HTTPFlow]] = defaultdict(list)  # client connection id -> responses
         self.messages: dict[str, int] = {}  # flow id -> WebSocket messages masked so far
 
@@ -77,7 +80,7 @@ class Scrubber:
         sent = len(flow.websocket.messages) - 1  # the last one is on its way
         done = self.messages.get(flow.id, 0)
         if sent > done:
-            adapt.redact_messages(flow.websocket.messages[done:sent], self.redactor)
+            self.backlog.add(adapt.redact_messages, flow.websocket.messages[done:sent], self.redactor)
             self.messages[flow.id] = sent
 
     @guarded
@@ -92,6 +95,7 @@ class Scrubber:
         self._responses(client.id)
 
     def done(self) -> None:
+        self.backlog.drain()
         for conn in list(self.unsent):
             self._responses(conn)
 

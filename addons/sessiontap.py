@@ -52,7 +52,7 @@ class Chain:
         self.tagger.prework.append(self.journal.redactor.may_hold_secret)  # a big body checked in its worker
         self.audio = AudioSummary()
         self.endings = AbnormalEndings()  # after the journal, which records the upstream's own error
-        self.scrubber = Scrubber(self.journal.redactor)  # last: the others see flows as sent
+        self.scrubber = Scrubber(self.journal.redactor, self.backlog)  # last: the others see flows as sent
 
         # In hook order: exposure, routing, streaming, tagging, audio, findings, journal, endings, scrubbing;
         # all of them before mitmproxy's own (its dumper and its save see what the scrubber left).

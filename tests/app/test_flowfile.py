@@ -133,6 +133,22 @@ def test_any_value_parses_as_mitmproxys_tnetstring_parses_it(value):
     assert parsed == tnetstring.loads(raw) and end == len(raw)
 
 
+class Tagged(str):  # a subclass: left to mitmproxy's own dumps
+    pass
+
+
+@given(values | st.builds(lambda v: {"wrapped": [v, Tagged("x"), (1, 2.5)]}, values))
+@settings(max_examples=300, derandomize=True, deadline=None)
+def test_any_value_is_written_as_mitmproxys_tnetstring_writes_it(value):
+    assert flowfile.dumps(value) == tnetstring.dumps(value)
+
+
+def test_every_shape_of_flow_is_written_as_mitmproxy_writes_it():
+    for flow in [*shapes(), tflow.ttcpflow(), tflow.tdnsflow()]:
+        state = flow.get_state()
+        assert flowfile.dumps(state) == tnetstring.dumps(state)
+
+
 FRAMES = ['{"type": "user_message", "text": "hello"}', '{"type": "agent_response", "token": "tok-abcdef-1"}',
           '{"dynamic_variables": {"secret__pin": "4242-9999"}}', "echo tok-abcdef-1 and 4242-9999",
           "Bearer abcdefgh12345", "plain words", '{"conversation_signature": "sig-0000001"}']
