@@ -20,6 +20,7 @@ from mitmproxy.io import compat, tnetstring
 
 SKIPPED = frozenset({"server_conn", "backup"})  # of the current format: what no record reads
 PICKED = {"client_conn": frozenset({"peername"})}  # of the current format: the only parts of these records read
+WHOLE_BELOW = 4096  # bytes: a shorter string is written in one piece with its length; a longer one is not copied
 # tnetstring type tags
 _BYTES, _TEXT, _INT, _FLOAT, _BOOL, _NULL, _DICT, _LIST = b",;#^!~}]"
 
@@ -132,29 +133,54 @@ def is_flow_file(path: str) -> bool:
 def dumps(value: Any) -> bytes:
     """``value`` as mitmproxy's ``tnetstring.dumps`` writes it (a dict's items last first, as it does).
 
-    Each value's bytes are made whole and joined, where mitmproxy pushes fragments onto a deque;
-    a type other than the plain ones (a subclass) is left to mitmproxy's own.
+    The pieces are gathered in order and joined once, as mitmproxy does (a big body is copied once);
+    a small value is formatted in one piece, where mitmproxy pushes three or four onto a deque. A type
+    other than the plain ones (a subclass) is left to mitmproxy's own.
     """
+    out: list[bytes] = []
+    _dump(value, out)
+    return b"".join(out)
+
+
+def _dump(value: Any, out: list[bytes]) -> int:
+    """Append ``value``'s pieces to ``out``; return how many bytes they are."""
     kind = value.__class__
-    if kind is bytes:
-        return b"%d:%s," % (len(value), value)
     if kind is str:
-        data = value.encode("utf8")
-        return b"%d:%s;" % (len(data), data)
-    if kind is dict:
-        body = b"".join([dumps(k) + dumps(v) for k, v in reversed(value.items())])
-        return b"%d:%s}" % (len(body), body)
-    if kind is list or kind is tuple:
-        body = b"".join([dumps(v) for v in value])
-        return b"%d:%s]" % (len(body), body)
+        value, kind, tag = value.encode("utf8"), bytes, b";"
+    else:
+        tag = b","
+    if kind is bytes:
+        if len(value) < WHOLE_BELOW:
+            piece = b"%d:%s%s" % (len(value), value, tag)
+            out.append(piece)
+            return len(piece)
+        head = b"%d:" % len(value)
+        out += (head, value, tag)
+        return len(head) + len(value) + 1
+    if kind is dict or kind is list or kind is tuple:
+        slot = len(out)
+        out.append(b"")  # the length, once the items are known
+        size = 0
+        if kind is dict:
+            for k, v in reversed(value.items()):
+                size += _dump(k, out) + _dump(v, out)
+        else:
+            for v in value:
+                size += _dump(v, out)
+        out[slot] = b"%d:" % size
+        out.append(b"}" if kind is dict else b"]")
+        return len(out[slot]) + size + 1
     if value is None:
-        return b"0:~"
-    if kind is bool:
-        return b"4:true!" if value else b"5:false!"
-    if kind is int:
+        piece = b"0:~"
+    elif kind is bool:
+        piece = b"4:true!" if value else b"5:false!"
+    elif kind is int:
         data = str(value).encode()
-        return b"%d:%s#" % (len(data), data)
-    if kind is float:
+        piece = b"%d:%s#" % (len(data), data)
+    elif kind is float:
         data = repr(value).encode()
-        return b"%d:%s^" % (len(data), data)
-    return tnetstring.dumps(value)
+        piece = b"%d:%s^" % (len(data), data)
+    else:
+        piece = tnetstring.dumps(value)
+    out.append(piece)
+    return len(piece)

@@ -144,7 +144,10 @@ def test_any_value_is_written_as_mitmproxys_tnetstring_writes_it(value):
 
 
 def test_every_shape_of_flow_is_written_as_mitmproxy_writes_it():
-    for flow in [*shapes(), tflow.ttcpflow(), tflow.tdnsflow()]:
+    big = tflow.tflow(resp=True)
+    big.request.content = bytes(range(256)) * 64  # past the size written in one piece
+    big.metadata["note"] = "é" * 5000
+    for flow in [*shapes(), big, tflow.ttcpflow(), tflow.tdnsflow()]:
         state = flow.get_state()
         assert flowfile.dumps(state) == tnetstring.dumps(state)
 
