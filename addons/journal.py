@@ -25,7 +25,7 @@ from sessiontap.bridge import adapt, flowfile
 from sessiontap.bridge.backlog import Backlog
 from sessiontap.bridge.guard import guarded
 from sessiontap.core.model import Call, Closing, Note
-from sessiontap.core.redact import SECRET_PREFIX, Redactor
+from sessiontap.core.redact import ANSWER_KEPT_FROM, SECRET_PREFIX, Redactor
 
 log = logging.getLogger("sessiontap")
 
@@ -47,8 +47,12 @@ def bounded(value: Any, limit: int = LINE_TEXT) -> Any:
 
 
 def _learn_secret_variables(redactor: Redactor, raw: bytes | None) -> None:
-    """Teach the redactor the ``secret__`` values of a JSON body (cheap: most bodies have none)."""
-    if raw and SECRET_PREFIX.encode() in raw:
+    """Teach the redactor the ``secret__`` values of a JSON body (cheap: most bodies have none).
+
+    A big body's kept answer (worked out in the tagger's worker thread) settles it without a pass when it
+    holds nothing to mask at all.
+    """
+    if raw and (len(raw) < ANSWER_KEPT_FROM or redactor.may_hold_secret(raw)) and SECRET_PREFIX.encode() in raw:
         redactor.body(raw)
 
 
@@ -63,6 +67,7 @@ class Journal:
         self.capture: BinaryIO | None = None
         self.open_sockets: dict[str, http.HTTPFlow] = {}
         self.learned: dict[str, int] = {}  # flow id -> WebSocket messages whose secrets the redactor knows
+        self.heads: set[str] = set()  # flows whose request head the redactor knows (learnt at requestheaders)
         self.failed: str | None = None
         self.closed = False
 
@@ -106,8 +111,8 @@ class Journal:
         """
         if flow.id not in self.learned:
             self.learned[flow.id] = 0
-            self.redactor.headers_(adapt.request_headers(flow))
-            self.redactor.url(flow.request.url)
+            if flow.id not in self.heads:
+                self._learn_head(flow)
             _learn_secret_variables(self.redactor, flow.request.raw_content)
         if flow.websocket is not None:
             messages = flow.websocket.messages
@@ -115,6 +120,14 @@ class Journal:
                 if m.from_client and m.is_text:
                     _learn_secret_variables(self.redactor, m.content)
             self.learned[flow.id] = len(messages)
+
+    def _learn_head(self, flow: http.HTTPFlow) -> None:
+        self.redactor.headers_(adapt.request_headers(flow))
+        self.redactor.url(flow.request.url)
+
+    def _forget(self, flow: http.HTTPFlow) -> None:
+        self.learned.pop(flow.id, None)
+        self.heads.discard(flow.id)
 
     def record(self, event: str, payload: dict[str, Any], flow: http.HTTPFlow | None = None) -> None:
         """Append one journal line ``{"event": ..., "time": ..., **payload}``, redacted and flushed."""
@@ -168,10 +181,17 @@ class Journal:
             self._fail(CAPTURE_FILE, e)
 
     @guarded
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        """The request's header and query secrets, known before anything checks its body (a big one off the loop:
+        a secret learnt after that check would have the whole body searched again, on the loop)."""
+        self._learn_head(flow)
+        self.heads.add(flow.id)
+
+    @guarded
     def response(self, flow: http.HTTPFlow) -> None:
         if flow.websocket is None:
             self.learn(flow)
-            self.learned.pop(flow.id, None)
+            self._forget(flow)
             self.backlog.add(self._save, flow)
         else:
             self.learn(flow)
@@ -185,7 +205,7 @@ class Journal:
     def error(self, flow: http.HTTPFlow) -> None:
         if flow.websocket is None:  # saved now: the endings addon replaces the error when it kills the flow
             self.learn(flow)
-            self.learned.pop(flow.id, None)
+            self._forget(flow)
             self._save(flow)
 
     @guarded
@@ -193,7 +213,7 @@ class Journal:
         if self.open_sockets.pop(flow.id, None) is not None:
             self.learn(flow)
             self.backlog.add(self._save, flow)
-        self.learned.pop(flow.id, None)
+        self._forget(flow)
 
     def done(self) -> None:
         self.backlog.drain()

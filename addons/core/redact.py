@@ -100,16 +100,25 @@ class Redactor:
         if big:
             with self._answers_lock:
                 last = self._answers.get(id(raw))
-            if last is not None and last[0] is raw and last[1] == len(known):
-                return last[2]  # the same body again (the scrubber, then the journal): a big one costs a pass each
+            if last is not None and last[0] is raw:  # the same body again (the scrubber, then the journal)
+                if last[1] == len(known) or last[2]:
+                    return last[2]
+                # Secrets learnt since (they are only ever added at the end): only they can change the answer.
+                found = any(v in raw for v in known[last[1]:])
+                self._keep(raw, len(known), found)
+                return found
         low = raw.lower()
         found = any(n in low for n in self.needles) or any(v in raw for v in known)
         if keep and big:
-            with self._answers_lock:
-                if len(self._answers) >= ANSWERS_KEPT:
-                    self._answers.pop(next(iter(self._answers)), None)
-                self._answers[id(raw)] = (raw, len(known), found)
+            self._keep(raw, len(known), found)
         return found
+
+    def _keep(self, raw: bytes, known: int, found: bool) -> None:
+        """Keep a big body's answer, by its identity (the oldest one goes when there are too many)."""
+        with self._answers_lock:
+            if len(self._answers) >= ANSWERS_KEPT and id(raw) not in self._answers:
+                self._answers.pop(next(iter(self._answers)), None)
+            self._answers[id(raw)] = (raw, known, found)
 
     def headers_(self, headers: dict[str, str]) -> dict[str, str]:
         """A copy of the headers with secret ones masked (and the WebSocket bearer subprotocol).

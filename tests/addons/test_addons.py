@@ -305,3 +305,16 @@ async def test_a_compressed_big_body_is_decompressed_off_the_event_loop_too(tmp_
         await tagger.request(flow)
         assert flow.request.headers[tagger_module.TAG_HEADER]
     assert threads and threading.main_thread() not in threads
+
+
+def test_a_requests_key_is_known_once_its_headers_arrive_before_its_body_is_checked(tmp_path):
+    """The tagger checks a big body for secrets in its worker at the request hook: the key must be known by then."""
+    with tagged_into_journal(tmp_path) as (tagger, journal):
+        flow = _big_simulate_flow(1500)
+        flow.request.headers["xi-api-key"] = "sk_live_key_0000000001"
+        journal.requestheaders(flow)
+        assert "sk_live_key_0000000001" in journal.redactor.seen
+        tagger.prework.append(journal.redactor.may_hold_secret)
+        tagger.request(flow)  # no event loop here: the worker's part runs at once
+        [(body, known, found)] = journal.redactor._answers.values()
+        assert body is flow.request.raw_content and known == len(journal.redactor.seen_bytes) and not found

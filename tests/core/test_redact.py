@@ -121,6 +121,26 @@ def test_a_big_bodys_answer_is_kept_until_a_new_secret_is_learned_and_small_bodi
     assert b"pin-4242-77" not in r.body(big)
 
 
+def test_a_big_body_checked_again_after_new_secrets_is_searched_only_for_them():
+    class Needles(tuple):
+        walked = 0
+
+        def __iter__(self):
+            Needles.walked += 1
+            return super().__iter__()
+
+    r = Redactor()
+    r.needles = Needles(r.needles)
+    big = json.dumps({"text": "hello " * 20_000 + "pin-4242-77"}).encode()
+    assert r.may_hold_secret(big) is False and Needles.walked == 1
+    r.headers_({"xi-api-key": "sk_unrelated_0000"})  # learnt meanwhile (another call), not in the body
+    assert r.may_hold_secret(big) is False and Needles.walked == 1  # the new secret alone was looked for
+    r.body(b'{"secret__pin": "pin-4242-77"}')  # learnt from a small body (itself checked: one walk)
+    walked = Needles.walked
+    assert r.may_hold_secret(big) is True and Needles.walked == walked
+    assert r.may_hold_secret(big) is True and Needles.walked == walked  # a yes stays a yes
+
+
 def test_the_kept_answers_take_checks_from_two_threads_at_once():
     """The tagger's worker checks big bodies while the loop checks others: no 'changed size during iteration'."""
     from concurrent.futures import ThreadPoolExecutor
