@@ -2,8 +2,9 @@
 
 A call's line is written before its last message is forwarded (a kill then loses no turn the
 client saw); a flow is saved once it has been forwarded, through the chain's backlog, so the
-bigger write adds nothing to a message's latency. What of it has surely been sent is masked in
-the flow itself, as the scrubber would mask it, and the rest on a copy (``adapt.sent_state``).
+bigger write adds nothing to a message's latency (and a big flow is written by a writer thread,
+so its write adds nothing to other connections' either). What of it has surely been sent is
+masked in the flow itself, as the scrubber would mask it, and the rest on a copy (``adapt.sent_state``).
 
 Write-failure policy: traffic always flows. When a write fails (disk full, directory gone)
 the error is logged once, writing stops, and ``failed`` holds the reason so that
@@ -15,6 +16,8 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 
@@ -33,6 +36,7 @@ JOURNAL_FILE = "journal.jsonl"
 CAPTURE_FILE = "flows.mitm"
 CONTEXT_TAIL = 4  # turns of context kept on a journal line: lines stay small in long sessions
 LINE_TEXT = 4000  # characters of any one text on a journal line (flows.mitm keeps every body whole)
+BIG_WRITE = 1 << 20  # bytes of a saved flow from which the writer thread writes it, off the event loop
 
 
 def bounded(value: Any, limit: int = LINE_TEXT) -> Any:
@@ -68,6 +72,8 @@ class Journal:
         self.open_sockets: dict[str, http.HTTPFlow] = {}
         self.learned: dict[str, int] = {}  # flow id -> WebSocket messages whose secrets the redactor knows
         self.heads: set[str] = set()  # flows whose request head the redactor knows (learnt at requestheaders)
+        self.writer: ThreadPoolExecutor | None = None  # writes big flows, and the flows after them meanwhile
+        self.writes: deque[Future[None]] = deque()  # its writes not known to be done, oldest first
         self.failed: str | None = None
         self.closed = False
 
@@ -171,14 +177,33 @@ class Journal:
 
     @guarded
     def _save(self, flow: http.HTTPFlow) -> None:
-        """Mask the flow (it has been sent) and append it to flows.mitm (its secrets were learned at its hooks)."""
+        """Mask the flow (it has been sent) and append it to flows.mitm (its secrets were learned at its hooks).
+
+        A big flow is written by the writer thread, off the event loop, and so is every flow after it
+        while that write lasts (one thread, in order); the others are written here.
+        """
         if self.capture is None or self.failed or self.closed:
             return
+        parts, size = flowfile.pieces(adapt.sent_state(flow, self.redactor))
+        self._written()
+        if size < BIG_WRITE and not self.writes:
+            self._write(self.capture, parts)
+            return
+        if self.writer is None:
+            self.writer = ThreadPoolExecutor(1, thread_name_prefix="sessiontap-capture")
+        self.writes.append(self.writer.submit(self._write, self.capture, parts))
+
+    def _write(self, capture: BinaryIO, parts: list[bytes]) -> None:
         try:
-            self.capture.write(flowfile.dumps(adapt.sent_state(flow, self.redactor)))
-            self.capture.flush()
+            capture.writelines(parts)
+            capture.flush()
         except OSError as e:
             self._fail(CAPTURE_FILE, e)
+
+    def _written(self, wait: bool = False) -> None:
+        """Forget the writer thread's finished writes (all of them, waiting for them, with ``wait``)."""
+        while self.writes and (wait or self.writes[0].done()):
+            self.writes.popleft().result()
 
     @guarded
     def requestheaders(self, flow: http.HTTPFlow) -> None:
@@ -226,6 +251,10 @@ class Journal:
         self._close()
 
     def _close(self) -> None:
+        self._written(wait=True)
+        if self.writer is not None:
+            self.writer.shutdown()
+            self.writer = None
         for f in (self.lines, self.capture):
             if f is not None:
                 try:

@@ -137,9 +137,13 @@ def dumps(value: Any) -> bytes:
     a small value is formatted in one piece, where mitmproxy pushes three or four onto a deque. A type
     other than the plain ones (a subclass) is left to mitmproxy's own.
     """
+    return b"".join(pieces(value)[0])
+
+
+def pieces(value: Any) -> tuple[list[bytes], int]:
+    """``dumps(value)`` as the pieces it joins, and their size: written as they are, a big body is not copied."""
     out: list[bytes] = []
-    _dump(value, out)
-    return b"".join(out)
+    return out, _dump(value, out)
 
 
 def _dump(value: Any, out: list[bytes]) -> int:

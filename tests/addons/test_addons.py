@@ -318,3 +318,31 @@ def test_a_requests_key_is_known_once_its_headers_arrive_before_its_body_is_chec
         tagger.request(flow)  # no event loop here: the worker's part runs at once
         [(body, known, found)] = journal.redactor._answers.values()
         assert body is flow.request.raw_content and known == len(journal.redactor.seen_bytes) and not found
+
+
+def test_a_big_flow_is_written_off_the_event_loop_and_the_flows_after_it_keep_their_order(tmp_path, monkeypatch):
+    import threading
+
+    from mitmproxy import io as mio
+
+    from sessiontap import journal as journal_module
+
+    threads = []
+    real = Journal._write
+
+    def watched(self, capture, parts):
+        threads.append(threading.current_thread().name)
+        return real(self, capture, parts)
+
+    monkeypatch.setattr(Journal, "_write", watched)
+    with tagged_into_journal(tmp_path) as (_, journal):
+        big = tflow.tflow(resp=True)
+        big.request.content = b"x" * journal_module.BIG_WRITE
+        small = [tflow.tflow(resp=True) for _ in range(3)]
+        for flow in (small[0], big, *small[1:]):
+            journal._save(flow)
+    # the small flows after it go to the writer thread too while its write lasts, else straight to the file
+    assert threads[0] == "MainThread" and threads[1].startswith("sessiontap-capture"), threads
+    with open(tmp_path / journal_module.CAPTURE_FILE, "rb") as f:
+        written = [flow.id for flow in mio.FlowReader(f).stream()]
+    assert written == [small[0].id, big.id, small[1].id, small[2].id]
