@@ -28,7 +28,7 @@ from sessiontap.bridge import adapt, flowfile
 from sessiontap.bridge.backlog import Backlog
 from sessiontap.bridge.guard import guarded
 from sessiontap.core.model import Call, Closing, Note
-from sessiontap.core.redact import ANSWER_KEPT_FROM, SECRET_PREFIX, Redactor
+from sessiontap.core.redact import SECRET_PREFIX, Redactor
 
 log = logging.getLogger("sessiontap")
 
@@ -56,7 +56,7 @@ def _learn_secret_variables(redactor: Redactor, raw: bytes | None) -> None:
     A big body's kept answer (worked out in the tagger's worker thread) settles it without a pass when it
     holds nothing to mask at all.
     """
-    if raw and (len(raw) < ANSWER_KEPT_FROM or redactor.may_hold_secret(raw)) and SECRET_PREFIX.encode() in raw:
+    if raw and redactor.kept_answer(raw) is not False and SECRET_PREFIX.encode() in raw:
         redactor.body(raw)
 
 
@@ -71,7 +71,6 @@ class Journal:
         self.capture: BinaryIO | None = None
         self.open_sockets: dict[str, http.HTTPFlow] = {}
         self.learned: dict[str, int] = {}  # flow id -> WebSocket messages whose secrets the redactor knows
-        self.heads: set[str] = set()  # flows whose request head the redactor knows (learnt at requestheaders)
         self.writer: ThreadPoolExecutor | None = None  # writes big flows, and the flows after them meanwhile
         self.writes: deque[Future[None]] = deque()  # its writes not known to be done, oldest first
         self.failed: str | None = None
@@ -117,8 +116,7 @@ class Journal:
         """
         if flow.id not in self.learned:
             self.learned[flow.id] = 0
-            if flow.id not in self.heads:
-                self._learn_head(flow)
+            self._learn_head(flow)  # again: later addons (upstream_auth, modify_headers, mitmweb edits) add to it
             _learn_secret_variables(self.redactor, flow.request.raw_content)
         if flow.websocket is not None:
             messages = flow.websocket.messages
@@ -130,10 +128,6 @@ class Journal:
     def _learn_head(self, flow: http.HTTPFlow) -> None:
         self.redactor.headers_(adapt.request_headers(flow))
         self.redactor.url(flow.request.url)
-
-    def _forget(self, flow: http.HTTPFlow) -> None:
-        self.learned.pop(flow.id, None)
-        self.heads.discard(flow.id)
 
     def record(self, event: str, payload: dict[str, Any], flow: http.HTTPFlow | None = None) -> None:
         """Append one journal line ``{"event": ..., "time": ..., **payload}``, redacted and flushed."""
@@ -194,11 +188,15 @@ class Journal:
         self.writes.append(self.writer.submit(self._write, self.capture, parts))
 
     def _write(self, capture: BinaryIO, parts: list[bytes]) -> None:
+        if self.failed:  # a write before it failed (disk full): nothing more after a torn record
+            return
         try:
             capture.writelines(parts)
             capture.flush()
         except OSError as e:
             self._fail(CAPTURE_FILE, e)
+        except Exception as e:  # noqa: BLE001 - in the writer thread: logged, never raised into done()
+            self._fail(CAPTURE_FILE, OSError(f"{type(e).__name__}: {e}"))
 
     def _written(self, wait: bool = False) -> None:
         """Forget the writer thread's finished writes (all of them, waiting for them, with ``wait``)."""
@@ -210,13 +208,12 @@ class Journal:
         """The request's header and query secrets, known before anything checks its body (a big one off the loop:
         a secret learnt after that check would have the whole body searched again, on the loop)."""
         self._learn_head(flow)
-        self.heads.add(flow.id)
 
     @guarded
     def response(self, flow: http.HTTPFlow) -> None:
         if flow.websocket is None:
             self.learn(flow)
-            self._forget(flow)
+            self.learned.pop(flow.id, None)
             self.backlog.add(self._save, flow)
         else:
             self.learn(flow)
@@ -230,7 +227,7 @@ class Journal:
     def error(self, flow: http.HTTPFlow) -> None:
         if flow.websocket is None:  # saved now: the endings addon replaces the error when it kills the flow
             self.learn(flow)
-            self._forget(flow)
+            self.learned.pop(flow.id, None)
             self._save(flow)
 
     @guarded
@@ -238,7 +235,7 @@ class Journal:
         if self.open_sockets.pop(flow.id, None) is not None:
             self.learn(flow)
             self.backlog.add(self._save, flow)
-        self._forget(flow)
+        self.learned.pop(flow.id, None)
 
     def done(self) -> None:
         self.backlog.drain()

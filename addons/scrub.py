@@ -9,7 +9,7 @@ flows byte for byte), so each part is masked at the first hook after it has gone
 - the request (API key headers, signed URL, ``secret__`` variables in its body): at its
   response or error, when it has reached the server;
 - WebSocket messages: each once the next message of its socket has gone on (through the chain's
-  backlog: nothing prints or shows an earlier message meanwhile), the rest at the socket's end;
+  backlog, off that message's latency), and every one not masked yet at the socket's end;
 - a response (signed URLs and tokens in its body): once the client has it, that is at the next
   HTTP/1 request on the same connection, when the client disconnects, or at shutdown.
 
@@ -42,7 +42,8 @@ class Scrubber:
         self.redactor = redactor or Redactor()  # the journal's: it knows every secret seen so far
         self.backlog = backlog or Backlog()  # earlier messages are masked off the next one's latency
         self.unsent: dict[str, list[http.HTTPFlow]] = defaultdict(list)  # client connection id -> responses
-        self.messages: dict[str, int] = {}  # flow id -> WebSocket messages masked so far
+        self.messages: dict[str, int] = {}  # flow id -> WebSocket messages whose masking is queued
+        self.masked: dict[str, int] = {}  # flow id -> WebSocket messages masked so far
 
     def configure(self, updated: set[str]) -> None:
         if "save_stream_file" in updated and getattr(ctx.options, "save_stream_file", None):
@@ -80,13 +81,22 @@ class Scrubber:
         sent = len(flow.websocket.messages) - 1  # the last one is on its way
         done = self.messages.get(flow.id, 0)
         if sent > done:
-            self.backlog.add(adapt.redact_messages, flow.websocket.messages[done:sent], self.redactor)
+            self.backlog.add(self._mask_messages, flow, done, sent)
             self.messages[flow.id] = sent
+
+    def _mask_messages(self, flow: http.HTTPFlow, start: int, stop: int) -> None:
+        assert flow.websocket is not None
+        adapt.redact_messages(flow.websocket.messages[start:stop], self.redactor)
+        if flow.id in self.messages:  # the socket is still open
+            self.masked[flow.id] = stop
 
     @guarded
     def websocket_end(self, flow: http.HTTPFlow) -> None:
         assert flow.websocket is not None
-        adapt.redact_messages(flow.websocket.messages[self.messages.pop(flow.id, 0):], self.redactor)
+        # From the last message actually masked: the end may come before the backlog has run (and
+        # mitmproxy's own save of the stream runs right after this hook).
+        self.messages.pop(flow.id, None)
+        adapt.redact_messages(flow.websocket.messages[self.masked.pop(flow.id, 0):], self.redactor)
         if flow.error is not None:
             flow.error.msg = self.redactor.text(flow.error.msg)
 

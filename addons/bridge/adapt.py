@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 from collections.abc import Iterable
 from typing import Any
@@ -81,13 +82,22 @@ def _identity(metadata: dict[str, Any], peer: Peer, headers: dict[str, str], run
 
 
 def _content(raw: bytes | None, headers: dict[str, str]) -> bytes | None:
-    """A body, decoded as ``get_content(strict=False)`` does it: left as it is when its encoding fails."""
+    """A body, decoded as ``get_content(strict=False)`` does it: left as it is when its encoding fails.
+
+    Decoded as ``encoding.decode`` does it but without its cache of the last body, which is one
+    for the whole process: this runs in the tagger's worker thread too, and a switch between the
+    cache's check and its read would hand the event loop another body.
+    """
     coding = headers.get("content-encoding")
     if raw is None or not coding:
         return raw
+    coding = coding.lower()
     try:
-        content = encoding.decode(raw, coding)
-    except ValueError:
+        decode = encoding.custom_decode.get(coding)
+        content = decode(raw) if decode is not None else codecs.decode(raw, coding, "strict")
+    except TypeError:
+        raise
+    except Exception:  # noqa: BLE001 - what encoding.decode turns into the ValueError get_content swallows
         return raw
     return raw if isinstance(content, str) else content  # a text codec named as content-encoding
 

@@ -113,6 +113,14 @@ class Redactor:
             self._keep(raw, len(known), found)
         return found
 
+    def kept_answer(self, raw: bytes) -> bool | None:
+        """``may_hold_secret(raw)`` if its answer is kept and still holds (no secret learnt since), else None."""
+        if len(raw) < ANSWER_KEPT_FROM:
+            return None
+        with self._answers_lock:
+            last = self._answers.get(id(raw))
+        return last[2] if last is not None and last[0] is raw and last[1] == len(self.seen_bytes) else None
+
     def _keep(self, raw: bytes, known: int, found: bool) -> None:
         """Keep a big body's answer, by its identity (the oldest one goes when there are too many)."""
         with self._answers_lock:

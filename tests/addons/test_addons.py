@@ -346,3 +346,32 @@ def test_a_big_flow_is_written_off_the_event_loop_and_the_flows_after_it_keep_th
     with open(tmp_path / journal_module.CAPTURE_FILE, "rb") as f:
         written = [flow.id for flow in mio.FlowReader(f).stream()]
     assert written == [small[0].id, big.id, small[1].id, small[2].id]
+
+
+async def test_a_socket_that_ends_before_the_backlog_ran_has_every_message_masked_at_its_end():
+    """mitmproxy's own stream save and mitmweb see the flow right after websocket_end: nothing may wait for later."""
+    from mitmproxy.websocket import WebSocketMessage
+    from wsproto.frame_protocol import Opcode
+
+    from sessiontap.bridge.backlog import Backlog
+    from sessiontap.core.redact import Redactor
+    from sessiontap.scrub import Scrubber
+
+    redactor = Redactor()
+    redactor.body(b'{"secret__pin": "pin-4242-77"}')
+    scrubber = Scrubber(redactor, Backlog())
+    flow = tflow.twebsocketflow()
+    flow.websocket.messages = [WebSocketMessage(Opcode.TEXT, True, b'{"text": "my pin is pin-4242-77"}'),
+                               WebSocketMessage(Opcode.TEXT, False, b'{"type": "agent_response"}')]
+    with taddons.context(scrubber):
+        scrubber.websocket_message(flow)  # the first message's masking is queued (an event loop runs)
+        assert b"pin-4242-77" in flow.websocket.messages[0].content
+        scrubber.websocket_end(flow)  # the close came at once, before the queue ran
+        assert all(b"pin-4242-77" not in m.content for m in flow.websocket.messages)
+
+
+def test_the_writer_thread_writes_nothing_after_a_failed_write(tmp_path):
+    with tagged_into_journal(tmp_path) as (_, journal):
+        journal.failed = "could not write flows.mitm: No space left on device"  # an earlier write failed
+        journal._write(journal.capture, [b"5:hello,"])
+        assert journal.capture.tell() == 0

@@ -88,6 +88,22 @@ def test_every_shape_of_flow_reads_as_the_record_of_mitmproxys_flow(tmp_path: Pa
     assert [sorted(state) for state in others] == [["type", "version"]] * 2  # nothing else of them parsed
 
 
+def test_bodies_are_decoded_without_mitmproxys_cache_of_the_last_one():
+    """The tagger decodes in a worker thread too: the process-wide cache would race the event loop's reads."""
+    from mitmproxy.net import encoding
+
+    from sessiontap.bridge import adapt
+
+    before = encoding._cache
+    body = b'{"simulated_conversation": []}'
+    for coding in ("gzip", "deflate", "br", "zstd"):
+        raw = encoding.encode(body, coding)
+        encoding._cache = before
+        assert adapt._content(raw, {"content-encoding": coding.upper()}) == body
+        assert encoding._cache is before
+    assert adapt._content(b"not gzip", {"content-encoding": "gzip"}) == b"not gzip"
+
+
 def test_a_torn_tail_keeps_the_flows_before_it_with_a_warning(tmp_path: Path):
     whole = write_capture(shapes(), tmp_path / "whole.mitm").read_bytes()
     first = len(tnetstring.dumps(shapes()[0].get_state()))

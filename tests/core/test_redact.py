@@ -141,6 +141,16 @@ def test_a_big_body_checked_again_after_new_secrets_is_searched_only_for_them():
     assert r.may_hold_secret(big) is True and Needles.walked == walked  # a yes stays a yes
 
 
+def test_a_kept_answer_is_given_only_while_no_secret_has_been_learnt_since():
+    r = Redactor()
+    big = json.dumps({"text": "hello " * 20_000}).encode()
+    assert r.kept_answer(big) is None  # never checked
+    assert r.may_hold_secret(big) is False and r.kept_answer(big) is False
+    assert r.kept_answer(b"small") is None  # small bodies' answers are not kept
+    r.headers_({"xi-api-key": "sk_unrelated_0000"})
+    assert r.kept_answer(big) is None
+
+
 def test_the_kept_answers_take_checks_from_two_threads_at_once():
     """The tagger's worker checks big bodies while the loop checks others: no 'changed size during iteration'."""
     from concurrent.futures import ThreadPoolExecutor
