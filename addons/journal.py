@@ -28,7 +28,7 @@ from sessiontap.bridge import adapt, flowfile
 from sessiontap.bridge.backlog import Backlog
 from sessiontap.bridge.guard import guarded
 from sessiontap.core.model import Call, Closing, Note
-from sessiontap.core.redact import SECRET_PREFIX, Redactor
+from sessiontap.core.redact import ANSWER_KEPT_FROM, SECRET_PREFIX, Redactor
 
 log = logging.getLogger("sessiontap")
 
@@ -205,9 +205,14 @@ class Journal:
 
     @guarded
     def requestheaders(self, flow: http.HTTPFlow) -> None:
-        """The request's header and query secrets, known before anything checks its body (a big one off the loop:
-        a secret learnt after that check would have the whole body searched again, on the loop)."""
-        self._learn_head(flow)
+        """A request that announces a big body: its head's secrets learnt before the tagger's worker checks the body.
+
+        Learnt after that check, they would have the body searched again for them, on the event loop.
+        """
+        headers = flow.request.headers
+        length = headers.get("content-length", "")
+        if "transfer-encoding" in headers or (length.isdigit() and int(length) >= ANSWER_KEPT_FROM):
+            self._learn_head(flow)
 
     @guarded
     def response(self, flow: http.HTTPFlow) -> None:

@@ -1,12 +1,12 @@
-"""Reading and writing mitmproxy flow files fast: states parsed without building flows, and dumped in one pass.
+"""Reading and writing mitmproxy flow files fast: states parsed without building flows, and written in pieces.
 
 mitmproxy's ``FlowReader`` parses every value of every flow (its tnetstring parser scans each
 length prefix byte by byte in Python) and then builds the flow, type-checking every field of both
 connections: most of the time offline analysis took. Here the file is mapped, a value's length
 prefix is found by ``find`` (in C), and the values no record needs (the server connection, a flow's backup) are
 stepped over by their length. A flow of another format version is parsed whole and upgraded by
-mitmproxy's own ``compat.migrate_flow``, as ``FlowReader`` does. ``dumps`` writes a state byte for
-byte as mitmproxy's ``tnetstring.dumps`` does, in about two thirds of its time (the live capture's write).
+mitmproxy's own ``compat.migrate_flow``, as ``FlowReader`` does. ``pieces`` gives a state's bytes as
+mitmproxy's ``tnetstring.dumps`` writes them, in about two thirds of its time (the live capture's write).
 """
 
 from __future__ import annotations
@@ -130,18 +130,14 @@ def is_flow_file(path: str) -> bool:
     return not head.startswith((b"{", b"\xef\xbb\xbf{"))
 
 
-def dumps(value: Any) -> bytes:
-    """``value`` as mitmproxy's ``tnetstring.dumps`` writes it (a dict's items last first, as it does).
-
-    The pieces are gathered in order and joined once, as mitmproxy does (a big body is copied once);
-    a small value is formatted in one piece, where mitmproxy pushes three or four onto a deque. A type
-    other than the plain ones (a subclass) is left to mitmproxy's own.
-    """
-    return b"".join(pieces(value)[0])
-
-
 def pieces(value: Any) -> tuple[list[bytes], int]:
-    """``dumps(value)`` as the pieces it joins, and their size: written as they are, a big body is not copied."""
+    """``value`` as mitmproxy's ``tnetstring.dumps`` writes it, as the pieces to write in turn, and their size.
+
+    Joined, they are its bytes exactly (a dict's items last first, as it writes them). A big body
+    is a piece of its own, never copied; a small value is one piece with its length, where
+    mitmproxy pushes three or four onto a deque. A type other than the plain ones (a subclass) is
+    left to mitmproxy's own.
+    """
     out: list[bytes] = []
     return out, _dump(value, out)
 

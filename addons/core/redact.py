@@ -97,16 +97,13 @@ class Redactor:
         """
         known = self.seen_bytes  # a snapshot: a worker thread may check while the loop learns a secret
         big = len(raw) >= ANSWER_KEPT_FROM
-        if big:
-            with self._answers_lock:
-                last = self._answers.get(id(raw))
-            if last is not None and last[0] is raw:  # the same body again (the scrubber, then the journal)
-                if last[1] == len(known) or last[2]:
-                    return last[2]
-                # Secrets learnt since (they are only ever added at the end): only they can change the answer.
-                found = any(v in raw for v in known[last[1]:])
-                self._keep(raw, len(known), found)
-                return found
+        if big and (last := self._kept(raw)) is not None:  # the same body again (the scrubber, then the journal)
+            if last[1] == len(known) or last[2]:
+                return last[2]
+            # Secrets learnt since (they are only ever added at the end): only they can change the answer.
+            found = any(v in raw for v in known[last[1]:])
+            self._keep(raw, len(known), found)
+            return found
         low = raw.lower()
         found = any(n in low for n in self.needles) or any(v in raw for v in known)
         if keep and big:
@@ -115,11 +112,14 @@ class Redactor:
 
     def kept_answer(self, raw: bytes) -> bool | None:
         """``may_hold_secret(raw)`` if its answer is kept and still holds (no secret learnt since), else None."""
-        if len(raw) < ANSWER_KEPT_FROM:
-            return None
+        last = self._kept(raw) if len(raw) >= ANSWER_KEPT_FROM else None
+        return last[2] if last is not None and last[1] == len(self.seen_bytes) else None
+
+    def _kept(self, raw: bytes) -> tuple[bytes, int, bool] | None:
+        """The answer kept for this very body: (it, how many secrets were known then, the answer)."""
         with self._answers_lock:
             last = self._answers.get(id(raw))
-        return last[2] if last is not None and last[0] is raw and last[1] == len(self.seen_bytes) else None
+        return last if last is not None and last[0] is raw else None
 
     def _keep(self, raw: bytes, known: int, found: bool) -> None:
         """Keep a big body's answer, by its identity (the oldest one goes when there are too many)."""

@@ -312,6 +312,10 @@ def test_a_requests_key_is_known_once_its_headers_arrive_before_its_body_is_chec
     with tagged_into_journal(tmp_path) as (tagger, journal):
         flow = _big_simulate_flow(1500)
         flow.request.headers["xi-api-key"] = "sk_live_key_0000000001"
+        small = tflow.tflow()
+        small.request.headers["xi-api-key"] = "sk_live_key_0000000002"
+        journal.requestheaders(small)  # a small body: its head is learnt at its first line, as before (no extra work)
+        assert "sk_live_key_0000000002" not in journal.redactor.seen
         journal.requestheaders(flow)
         assert "sk_live_key_0000000001" in journal.redactor.seen
         tagger.prework.append(journal.redactor.may_hold_secret)
