@@ -454,7 +454,8 @@ def _client_replay(capture: Path, config: Path | None, out: str | None, to_url: 
 
 
 @main.command(context_settings=CONTEXT_SETTINGS,
-              epilog="\b\nExit codes:\n  0  every check passed\n  1  a check failed, or the probe could not go on\n"
+              epilog="\b\nExit codes:\n  0  every check that ran passed (a removed simulate-conversation's HTTP "
+                     "half does not run)\n  1  a check failed, nothing could run, or the probe could not go on\n"
                      "  2  usage error\n\b\nExamples:\n  sessiontap probe\n  sessiontap probe --sample faulty "
                      "--scenario conversation\n  sessiontap probe --client 'python my_client.py --stdin' "
                      "--protocol http\n  sessiontap probe --live --protocol websocket")
@@ -491,7 +492,8 @@ def probe(config: Path | None, protocol: str | None, scenario_name: str, turns: 
     growing, its size handled. Prints a pass/fail table per scenario (stdout), and writes
     flows.mitm, findings.json and report.html per scenario and protocol into OUT/<scenario>-<protocol>,
     and every outcome into OUT/probe.json. When simulate-conversation answers 404 or 410
-    (removed), it says so, skips the HTTP runs and goes on with the WebSocket ones.
+    (removed), it says so, skips the HTTP runs and goes on with the WebSocket ones; the HTTP
+    half then counts as not run, neither passed nor failed.
 
     \b
     The --client contract (python -m sessiontap.samples KIND --stdin keeps it):
@@ -512,7 +514,7 @@ def probe(config: Path | None, protocol: str | None, scenario_name: str, turns: 
     import shlex
 
     from sessiontap.app.target import TargetError, send_target
-    from sessiontap.probe.run import PROBE_FILE, Probe, run_probe, table
+    from sessiontap.probe.run import PROBE_FILE, Probe, probe_passed, run_probe, table
     from sessiontap.probe.scenarios import chosen
     from sessiontap.simulator.server import running_simulator
 
@@ -548,4 +550,4 @@ def probe(config: Path | None, protocol: str | None, scenario_name: str, turns: 
         click.echo(line)
     say(f"sessiontap: written to {target}: {PROBE_FILE}, and flows.mitm, findings.json and report.html "
         "in a directory per scenario and protocol")
-    raise SystemExit(0 if all(r.passed for r in runs) else 1)
+    raise SystemExit(0 if probe_passed(runs) else 1)

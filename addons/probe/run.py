@@ -72,7 +72,8 @@ class RunResult:
     """One scenario over one protocol: where it was written, and each check's outcome.
 
     ``gone`` is the status simulate-conversation answered when it is removed (404/410); the
-    outcomes of such a run, and of the HTTP runs skipped after it, are failures that say so.
+    outcomes of such a run, and of the HTTP runs skipped after it, say so, and count as not run
+    (see ``probe_passed``).
     """
 
     scenario: str
@@ -197,13 +198,23 @@ def run_probe(probe: Probe, say: Callable[[str], None]) -> list[RunResult]:
     return runs
 
 
+def probe_passed(runs: Sequence[RunResult]) -> bool:
+    """The probe's verdict: every run played passed, and one was played.
+
+    The HTTP half of a removed simulate-conversation is not run, so it neither passes nor fails the
+    probe; a probe left with nothing to check (``--protocol http`` alone) fails.
+    """
+    played = [r for r in runs if r.gone is None]
+    return bool(played) and all(r.passed for r in played)
+
+
 def write_probe_json(runs: Sequence[RunResult], out: Path) -> Path:
     """Write probe.json (every run, every check) into ``out``; return its path."""
     from sessiontap.findings import version
 
     out.mkdir(parents=True, exist_ok=True)
     path = out / PROBE_FILE
-    doc = {"sessiontap": version(), "passed": all(r.passed for r in runs), "runs": [r.to_json() for r in runs]}
+    doc = {"sessiontap": version(), "passed": probe_passed(runs), "runs": [r.to_json() for r in runs]}
     path.write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     return path
 
@@ -228,9 +239,14 @@ def table(runs: Sequence[RunResult], scenarios: Sequence[Scenario]) -> list[str]
                 continue
             lines += [f"    {r.protocol} {o.check}: {o.reason}" for o in r.outcomes if not o.passed]
         lines.append("")
-    failed = sum(not o.passed for r in runs for o in r.outcomes)
-    total = sum(len(r.outcomes) for r in runs)
-    lines.append(f"{total - failed} of {total} checks passed" + (f", {failed} failed" if failed else ""))
+    played = [o for r in runs if r.gone is None for o in r.outcomes]
+    failed = sum(not o.passed for o in played)
+    gone = sorted({r.gone for r in runs if r.gone is not None})
+    not_run = sum(len(r.outcomes) for r in runs if r.gone is not None)
+    ran = f"{len(played) - failed} of {len(played)} checks passed" if played else "no check ran"
+    lines.append(ran + (f", {failed} failed" if failed else "")
+                 + (f"; {not_run} not run (simulate-conversation is gone: HTTP {'/'.join(map(str, gone))})"
+                    if not_run else ""))
     return lines
 
 

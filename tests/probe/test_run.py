@@ -16,7 +16,7 @@ import pytest
 
 from sessiontap.probe.scenarios import NAMES
 from sessiontap.simulator.server import running_simulator
-from tests.conftest import SESSIONTAP, clean_env
+from tests.conftest import SESSIONTAP, clean_env, ensure_node_clients
 
 PROTOCOLS = ("http", "websocket")
 CHECKS = {"conversation": ["facts-carried", "one-session", "opening-once", "context-grows"],
@@ -119,28 +119,40 @@ def test_client_without_a_protocol_runs_once_labelled_by_what_it_spoke(sessionta
     assert failed["facts-carried"].startswith("context-missing-turn:")
 
 
-SDK_CLIENT = Path(__file__).resolve().parents[1] / "clients" / "matrix" / "sdk_client.py"
+CLIENTS = Path(__file__).resolve().parents[1] / "clients"
+SDK = f"{sys.executable} {CLIENTS / 'matrix' / 'sdk_client.py'} --stdin"
+JS = f"node {CLIENTS / 'node'}"
+FORGETS_HTTP = {"facts-carried": "the product ('cotton t-shirts', said in message 1) is not in the context of "
+                                 "message 2",
+                "one-session": "context-reset: ", "context-grows": "the context did not grow"}
+FORGETS_WS = {"one-session": "new-conversation-per-message: ", "opening-once": "repeated-opening: "}
 
 
-@pytest.mark.parametrize(("behaviour", "failed"), [
-    ("--protocol http", {}),
-    ("--protocol http --behaviour new-message-only", {"facts-carried": "the product ('cotton t-shirts', said in "
-                                                      "message 1) is not in the context of message 2",
-                                                      "one-session": "context-reset: ",
-                                                      "context-grows": "the context did not grow"}),
-    ("--protocol websocket", {}),
-    ("--protocol websocket --behaviour socket-per-message", {"one-session": "new-conversation-per-message: ",
-                                                             "opening-once": "repeated-opening: "}),
-])
-def test_a_client_on_the_official_sdk_that_declares_no_session_is_probed_through_the_line_contract(
-        sessiontap, tmp_path: Path, behaviour: str, failed: dict[str, str]):
-    """Not our sample: the `elevenlabs` SDK's simulate_conversation and Conversation, no session id, no API key set."""
+@pytest.mark.parametrize(("client", "protocol", "mode", "failed"), [
+    (f"{SDK} --protocol http", "http", "reverse", {}),
+    (f"{SDK} --protocol http --behaviour new-message-only", "http", "reverse", FORGETS_HTTP),
+    (f"{SDK} --protocol websocket", "websocket", "reverse", {}),
+    (f"{SDK} --protocol websocket --behaviour socket-per-message", "websocket", "regular", FORGETS_WS),
+    (f"{JS}/js_http.mjs --stdin", "http", "regular", {}),
+    (f"{JS}/js_http.mjs --stdin --behaviour new-conversation", "http", "reverse", FORGETS_HTTP),
+    (f"{JS}/js_ws.mjs --stdin", "websocket", "reverse", {}),
+    (f"{JS}/js_ws.mjs --stdin --behaviour socket-per-message", "websocket", "regular", FORGETS_WS),
+], ids=["sdk-http", "sdk-http-newest-only", "sdk-ws", "sdk-ws-socket-per-message", "elevenlabs-js-regular",
+        "elevenlabs-js-newest-only", "elevenlabs-client-ws", "elevenlabs-client-ws-socket-per-message-regular"])
+def test_clients_we_did_not_write_that_declare_no_session_are_probed_through_the_line_contract(
+        sessiontap, tmp_path: Path, client: str, protocol: str, mode: str, failed: dict[str, str]):
+    """Not our samples: the `elevenlabs` SDK's simulate_conversation and Conversation, elevenlabs-js's
+    simulateConversation and @elevenlabs/client's Conversation on the WebSocket; no session id, no API key set."""
+    if client.startswith("node") and (why := ensure_node_clients()):
+        pytest.fail(why)
     out = tmp_path / "probe"
-    run = sessiontap("probe", "--client", f"{sys.executable} {SDK_CLIENT} --stdin {behaviour}", "--scenario",
-                     "conversation", "--mode", "reverse", "--out", str(out), env={"ELEVENLABS_API_KEY": ""})
+    # In regular mode the client keeps the real API's address; the proxy sends it to the simulator.
+    env = {"ELEVENLABS_API_KEY": "", "ELEVENLABS_BASE_URL": "https://api.elevenlabs.io"}
+    run = sessiontap("probe", "--client", client, "--protocol", protocol, "--scenario", "conversation", "--mode",
+                     mode, "--out", str(out), env=env)
     assert run.code == (1 if failed else 0), run.stderr
     (only,) = runs_of(out)
-    assert only["protocol"] == behaviour.split()[1]
+    assert only["protocol"] == protocol
     reasons = {c["check"]: c["reason"] for c in only["checks"] if not c["passed"]}
     assert set(reasons) >= set(failed), reasons
     for check, start in failed.items():
@@ -207,7 +219,7 @@ def test_when_simulate_conversation_is_gone_the_http_half_says_so_and_the_websoc
     out = tmp_path / "probe"
     run = sessiontap("probe", "--to", removed_404, "--turns", "2", "--mode", "reverse", "--out", str(out),
                      timeout=240)
-    assert run.code == 1, run.stderr
+    assert run.code == 0, run.stderr  # the half that could run passed; the other did not run
     (line,) = gone_lines(run.stderr)
     for words in ("HTTP 404: it is gone", "2026-10-31", "WebSocket text-only conversation (/v1/convai/conversation)",
                   "agent-testing API (/v1/convai/agent-testing/create, then /v1/convai/agents/{agent_id}/run-tests)",
@@ -221,15 +233,27 @@ def test_when_simulate_conversation_is_gone_the_http_half_says_so_and_the_websoc
     assert not (out / "product-http").exists()  # the others were not
     assert rows(run.stdout) == {f"{s} {c}": ["gone", "pass"] for s in NAMES for c in CHECKS[s]}
     assert "    http: simulate-conversation answered HTTP 404: the endpoint is gone" in run.stdout
+    assert run.stdout.splitlines()[-1] == "12 of 12 checks passed; 12 not run (simulate-conversation is gone: HTTP 404)"
+    assert json.loads((out / "probe.json").read_text())["passed"] is True
+
+
+def test_when_simulate_conversation_is_gone_a_failing_websocket_half_still_fails(sessiontap, tmp_path: Path):
+    with running_simulator(simulate_removed=404) as sim:
+        run = sessiontap("probe", "--to", sim.url, "--sample", "faulty", "--scenario", "persistence", "--mode",
+                         "reverse", "--out", str(tmp_path / "probe"))
+    assert run.code == 1, run.stderr
+    assert run.stdout.splitlines()[-1] == "0 of 2 checks passed, 2 failed; 2 not run (simulate-conversation is gone: " \
+                                          "HTTP 404)"
 
 
 def test_a_410_over_http_alone_points_at_the_websocket_half(sessiontap, tmp_path: Path):
     with running_simulator(simulate_removed=410) as sim:
         run = sessiontap("probe", "--to", sim.url, "--protocol", "http", "--scenario", "product", "--mode",
                          "reverse", "--out", str(tmp_path / "probe"))
-    assert run.code == 1
+    assert run.code == 1  # nothing could be checked
     (line,) = gone_lines(run.stderr)
     assert "HTTP 410" in line and "probe the WebSocket half with --protocol websocket" in line
+    assert run.stdout.splitlines()[-1] == "no check ran; 2 not run (simulate-conversation is gone: HTTP 410)"
 
 
 def test_an_interrupted_probe_ends_with_one_line_and_stops_its_client(sessiontap_home: Path, tmp_path: Path):

@@ -1,9 +1,13 @@
 // Shared helpers for the scripted Node.js ElevenLabs test clients.
 //
 // Output contract of every client:
-//   stdout: one line `agent: <text>` per agent reply to a user message;
+//   stdout: one line `agent: <text>` per agent reply to a user message (with --stdin, the
+//           user messages are read from stdin, one a line, and each reply is the bare line:
+//           sessiontap probe's --client contract);
 //   exit 0 on success; on any failure exit 1 with ONE line `error: ...` on stderr;
 //   every wait is bounded (default 15 s, --timeout SECONDS).
+
+import { createInterface } from "node:readline";
 
 export const DEFAULT_MESSAGES = [
   "I need to classify cotton t-shirts for import.",
@@ -24,12 +28,13 @@ export function oneLine(text) {
 
 /**
  * Parse `--flag value` / `--flag=value` arguments.
- * Returns {behaviour, messages, timeoutSecs, verbose}.
+ * Returns {behaviour, messages, stdin, timeoutSecs, verbose}.
  */
 export function parseArgs(argv, { behaviours, defaultBehaviour }) {
   const out = {
     behaviour: defaultBehaviour,
     messages: DEFAULT_MESSAGES,
+    stdin: false,
     timeoutSecs: 15,
     verbose: false,
   };
@@ -46,10 +51,14 @@ export function parseArgs(argv, { behaviours, defaultBehaviour }) {
       out.verbose = true;
       continue;
     }
+    if (arg === "--stdin") {
+      out.stdin = true;
+      continue;
+    }
     if (arg === "--help" || arg === "-h") {
       throw new UsageError(
         `usage: [--behaviour ${behaviours.join("|")}] [--messages '<JSON list of strings>'] ` +
-          "[--timeout SECONDS] [--verbose]",
+          "[--stdin] [--timeout SECONDS] [--verbose]",
       );
     }
     if (!takesValue.has(arg)) throw new UsageError(`unknown argument: ${argv[i]}`);
@@ -87,6 +96,27 @@ export function parseArgs(argv, { behaviours, defaultBehaviour }) {
     }
   }
   return out;
+}
+
+/**
+ * The user messages in order, with their 1-based number: the --messages list, or with --stdin each
+ * non-empty stdin line as it arrives (so a reply goes out before the next line is read).
+ */
+export async function* userMessages(opts) {
+  if (!opts.stdin) {
+    yield* opts.messages.map((text, i) => [i + 1, text]);
+    return;
+  }
+  const lines = createInterface({ input: process.stdin, crlfDelay: Infinity });
+  let n = 0;
+  for await (const line of lines) {
+    if (line.trim()) yield [++n, line];
+  }
+}
+
+/** Print one agent reply as one stdout line: `agent: <text>`, or the bare text under --stdin. */
+export function say(opts, reply) {
+  process.stdout.write(`${opts.stdin ? "" : "agent: "}${oneLine(reply)}\n`);
 }
 
 /** Read ELEVENLABS_BASE_URL / ELEVENLABS_API_KEY / ELEVENLABS_AGENT_ID. */

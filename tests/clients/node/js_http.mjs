@@ -8,6 +8,7 @@
 //
 // Environment: ELEVENLABS_BASE_URL, ELEVENLABS_API_KEY, ELEVENLABS_AGENT_ID (default agent_customs_demo).
 // Flags: --behaviour correct|new-conversation|drop-previous-reply, --messages '<JSON list>', --timeout SECONDS,
+//        --stdin (the messages from stdin, each reply a bare stdout line: sessiontap probe --client),
 //        --verbose (debug lines on stderr).
 //   correct              every call sends the whole history so far (user and agent turns) + the new user turn
 //   new-conversation     every call sends only the new user turn
@@ -15,7 +16,7 @@
 // Output: `agent: <text>` per reply; exit 0, or exit 1 with one `error: ...` line on stderr.
 
 import { ElevenLabsClient } from "@elevenlabs/elevenlabs-js";
-import { makeDebug, oneLine, parseArgs, readEnv, runClient, withTimeout } from "./common.mjs";
+import { makeDebug, parseArgs, readEnv, runClient, say, userMessages, withTimeout } from "./common.mjs";
 
 const BEHAVIOURS = ["correct", "new-conversation", "drop-previous-reply"];
 
@@ -61,7 +62,8 @@ await runClient(async () => {
   let clock = 0; // timeInCallSecs is a required integer; keep it non-decreasing
   let latestReplyIndex = -1;
 
-  for (const [n, text] of opts.messages.entries()) {
+  for await (const [number, text] of userMessages(opts)) {
+    const n = number - 1;
     clock += 1;
     const userTurn = { role: "user", message: text, timeInCallSecs: clock };
 
@@ -114,7 +116,7 @@ await runClient(async () => {
     if (!turn) {
       throw new Error(`simulate-conversation call ${n + 1}: no agent turn after the ${sent.length} turn(s) sent`);
     }
-    process.stdout.write(`agent: ${oneLine(turn.message)}\n`);
+    say(opts, turn.message);
 
     history.push(userTurn);
     const replyTime = Number.isInteger(turn.timeInCallSecs) ? Math.max(turn.timeInCallSecs, clock) : clock;

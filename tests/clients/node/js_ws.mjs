@@ -13,6 +13,7 @@
 //
 // Environment: ELEVENLABS_BASE_URL, ELEVENLABS_AGENT_ID (default agent_customs_demo).
 // Flags: --behaviour one-socket|socket-per-message, --messages '<JSON list>', --timeout SECONDS,
+//        --stdin (the messages from stdin, each reply a bare stdout line: sessiontap probe --client),
 //        --verbose (debug lines on stderr).
 //   one-socket          one Conversation session for all user messages
 //   socket-per-message  a new session per user message, ended cleanly after its reply
@@ -21,7 +22,7 @@
 // Output: `agent: <text>` per reply; exit 0, or exit 1 with one `error: ...` line on stderr.
 
 import WS from "ws";
-import { makeDebug, oneLine, parseArgs, readEnv, runClient, sleep, withTimeout, wsOriginFromBaseUrl } from "./common.mjs";
+import { makeDebug, parseArgs, readEnv, runClient, say, sleep, userMessages, withTimeout, wsOriginFromBaseUrl } from "./common.mjs";
 
 const BEHAVIOURS = ["one-socket", "socket-per-message"];
 const GREETING_WAIT_MS = 2000;
@@ -195,17 +196,15 @@ await runClient(
     if (opts.behaviour === "one-socket") {
       const session = new Session(Conversation, sessionOpts);
       await session.start();
-      for (const [i, text] of opts.messages.entries()) {
-        const reply = await session.ask(text, i + 1);
-        process.stdout.write(`agent: ${oneLine(reply)}\n`);
+      for await (const [n, text] of userMessages(opts)) {
+        say(opts, await session.ask(text, n));
       }
       await session.end();
     } else {
-      for (const [i, text] of opts.messages.entries()) {
+      for await (const [n, text] of userMessages(opts)) {
         const session = new Session(Conversation, sessionOpts);
         await session.start();
-        const reply = await session.ask(text, i + 1);
-        process.stdout.write(`agent: ${oneLine(reply)}\n`);
+        say(opts, await session.ask(text, n));
         await session.end();
       }
     }
