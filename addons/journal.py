@@ -203,6 +203,10 @@ class Journal:
         while self.writes and (wait or self.writes[0].done()):
             self.writes.popleft().result()
 
+    def settle(self) -> None:
+        """Wait for the writer thread's writes: flows.mitm holds every flow saved so far."""
+        self._written(wait=True)
+
     @guarded
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         """A request that announces a big body: its head's secrets learnt before the tagger's worker checks the body.

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 # mitmproxy puts a script's folder first on sys.path (and leaves it there). This folder is the
 # `sessiontap` package itself, so its modules would shadow the package (and other packages named
@@ -31,6 +32,9 @@ try:
     from sessiontap.scrub import Scrubber
     from sessiontap.streaming import StreamedReplies
     from sessiontap.tagger import SessionTagger
+
+    if TYPE_CHECKING:
+        from sessiontap.core.analysis import Analysis
 except ModuleNotFoundError as e:  # pragma: no cover - only without an install
     raise ImportError(
         f"sessiontap is not installed in this Python ({sys.executable}): run `uv sync` in the checkout, "
@@ -59,6 +63,16 @@ class Chain:
         # mitmproxy calls nested addons through their parent: one dispatch per hook for the nine.
         self.addons: list[object] = [self.exposure, self.router, self.streaming, self.tagger, self.audio,
                                      self.findings, self.journal, self.endings, self.scrubber]
+
+    def settled(self) -> Analysis:
+        """On the proxy's loop: the deferred work done now, the capture's writes finished, and the analysis so far.
+
+        What a reply's client can see at once (its call judged, its flow in flows.mitm) without waiting for
+        the backlog's turn: for a test that asserts right after its last call.
+        """
+        self.backlog.drain()
+        self.journal.settle()
+        return self.findings.analyzer.result()
 
 
 def chain() -> Chain:

@@ -550,4 +550,6 @@ def probe(config: Path | None, protocol: str | None, scenario_name: str, turns: 
         click.echo(line)
     say(f"sessiontap: written to {target}: {PROBE_FILE}, and flows.mitm, findings.json and report.html "
         "in a directory per scenario and protocol")
+    if runs and runs[-1].stopped:
+        raise click.ClickException(runs[-1].stopped)
     raise SystemExit(0 if probe_passed(runs) else 1)

@@ -27,6 +27,8 @@ from sessiontap.core.code import CODE_FILE, Lookup, around_proxy, lookups, where
 from sessiontap.core.errors import SessiontapError
 from sessiontap.core.redact import Redactor
 from sessiontap.exposure import AUTH_USER, LOOPBACK, exposure_problem, proxy_url
+from sessiontap.findings import FINDINGS_FILE
+from sessiontap.journal import CAPTURE_FILE, JOURNAL_FILE
 from sessiontap.router import DEFAULT_UPSTREAM, ELEVENLABS_HOSTS, parse_upstream
 from sessiontap.sessiontap import chain
 
@@ -252,6 +254,7 @@ class Listening:
     mode: str
     conf: Path
     auth: str | None = None
+    settled: Callable[[], Analysis] | None = field(default=None, compare=False)  # on the proxy's loop: see Chain
 
     @property
     def url(self) -> str:
@@ -327,6 +330,7 @@ async def record(settings: dict[str, Any], command: list[str],
         raise SessiontapError(f"bad option: {e}") from e
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    loop.set_exception_handler(_quiet_when_cancelled)
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
@@ -343,7 +347,7 @@ async def record(settings: dict[str, Any], command: list[str],
         out = settings.get("sessiontap_out", "")
         code = 0
         started = time.time()  # the code trace may hold earlier runs' lines: only this run's count
-        listening = Listening(host, port, mode, conf, master.options.proxyauth)
+        listening = Listening(host, port, mode, conf, master.options.proxyauth, ours.settled)
         if command:
             env = listening.env({**os.environ, **(extra_env or {})})
             if trace is not None:
@@ -398,6 +402,24 @@ async def _until(work: asyncio.Task[int], stop: asyncio.Event, proxy: asyncio.Ta
             await work
         return None
     return work.result()
+
+
+def fresh_out(out: Path) -> None:
+    """Remove what an earlier run wrote into ``out``, for a run that must be judged alone (a probe's, a test's).
+
+    ``record`` itself appends to a directory it is given again; these runs start over in theirs.
+    """
+    from sessiontap.reports.html import REPORT_FILE  # the report's module loads its templates: only here
+
+    for name in (CAPTURE_FILE, JOURNAL_FILE, FINDINGS_FILE, CODE_FILE, REPORT_FILE):
+        (out / name).unlink(missing_ok=True)
+
+
+def _quiet_when_cancelled(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """The loop's error handler: a client connection still open when the proxy stops has its handler
+    cancelled, which Python 3.12.1's stream callback reports as an error; anything else is reported."""
+    if not isinstance(context.get("exception"), asyncio.CancelledError):
+        loop.default_exception_handler(context)
 
 
 def run_record(settings: dict[str, Any], command: list[str],

@@ -192,8 +192,9 @@ def context_reset(j: Judged) -> list[Finding]:
     window = bool(kept) and diff(expected[len(expected) - len(kept):], kept).is_extension
     if gap > settings.session_gap:
         severity, how = INFO, f"after a pause of {gap:.0f} s (a new conversation?)"
-    elif not kept:
-        severity, how = (ERROR if had_reply else WARNING), "went back to empty"
+    elif not kept:  # nothing of what came before: at most the newest message itself
+        severity = ERROR if had_reply else WARNING
+        how = "went back to the newest message alone" if call.context else "went back to empty"
     elif window:
         severity, how = WARNING, f"kept only the last {len(kept)} of {len(expected)} turns"
     else:

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 from sessiontap.core.analysis import Analysis, count
 from sessiontap.core.contextdiff import tokens_of
-from sessiontap.core.model import Call, Finding, Turn, fold_space
+from sessiontap.core.model import WEBSOCKET, Call, Finding, Turn, fold_space
 from sessiontap.core.settings import DEFAULTS
 from sessiontap.probe.scenarios import CONTEXT_GROWS, CONTEXT_SIZE, FACTS_CARRIED, ONE_SESSION, OPENING_ONCE, Scenario
 
@@ -170,10 +170,15 @@ def context_grows(p: Played) -> Outcome:
 
 
 def context_size(p: Played) -> Outcome:
-    """No context beyond the token limit, and the key fact still in the context of the last message."""
-    if (failed := _failed(p, CONTEXT_SIZE, every_message=False)) is not None:
-        return failed
+    """No context beyond the token limit, and the key fact still in the context of the last message.
+
+    On the WebSocket the context is the server's own transcript, which no client can trim: there,
+    ``context-oversize`` is said in the reason but fails nothing.
+    """
     last = p.calls[-1] if p.calls else None
+    server_held = last is not None and last.protocol == WEBSOCKET
+    if not server_held and (failed := _failed(p, CONTEXT_SIZE, every_message=False)) is not None:
+        return failed
     if last is None:
         return Outcome(CONTEXT_SIZE, False, f"the last message (#{len(p.calls)}) never reached the agent")
     key = p.scenario.facts[0] if p.scenario.facts else None
@@ -182,8 +187,9 @@ def context_size(p: Played) -> Outcome:
                                             "longer in the context")
     tokens = tokens_of(last.chars_of(last.context))
     kept = f"; the {key.label} still in it" if key is not None else ""
+    over = ", over it: the server's transcript, for the agent to trim" if tokens > p.max_context_tokens else ""
     return Outcome(CONTEXT_SIZE, True, f"~{tokens} tokens at message {len(p.calls)} "
-                                       f"(limit {p.max_context_tokens}){kept}")
+                                       f"(limit {p.max_context_tokens}{over}){kept}")
 
 
 CHECKS: dict[str, Callable[[Played], Outcome]] = {

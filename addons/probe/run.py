@@ -83,6 +83,7 @@ class RunResult:
     verdict: str = ""
     gone: int | None = None
     seconds: float = 0.0
+    stopped: str = ""  # why the run could not be judged: the probe stopped there
 
     @property
     def passed(self) -> bool:
@@ -92,16 +93,20 @@ class RunResult:
     def to_json(self) -> dict[str, Any]:
         """The run as probe.json holds it."""
         return {"scenario": self.scenario, "protocol": self.protocol, "out": str(self.out), "passed": self.passed,
-                "gone": self.gone, "verdict": self.verdict,
+                "gone": self.gone, "stopped": self.stopped or None, "verdict": self.verdict,
                 "checks": [{"check": o.check, "passed": o.passed, "reason": o.reason} for o in self.outcomes]}
 
 
 def removed_status(analysis: Analysis) -> int | None:
-    """The status (404, 410) of an upstream-error finding on a simulate-conversation call, or None."""
-    simulate = {c.id for c in analysis.calls if c.protocol == HTTP and c.endpoint.startswith("simulate")}
+    """The status (404, 410) the run's first simulate-conversation call got as an upstream error, or None.
+
+    A removed endpoint refuses the first call already; a 404 later in a conversation is an upstream
+    failure of that conversation, judged as such.
+    """
+    first = next((c.id for c in analysis.calls if c.protocol == HTTP and c.endpoint.startswith("simulate")), None)
     for f in analysis.findings:
         status = f.evidence.get("status")
-        if f.rule == "upstream-error" and status in REMOVED_STATUSES and simulate.intersection(f.call_ids):
+        if f.rule == "upstream-error" and status in REMOVED_STATUSES and first in f.call_ids:
             return int(status)
     return None
 
@@ -122,9 +127,10 @@ def spoken(analysis: Analysis) -> list[str]:
 def play(probe: Probe, scenario: Scenario, protocol: str | None, say: Callable[[str], None]) -> RunResult:
     """Record one scenario over one protocol through sessiontap, write its report, and check it."""
     from sessiontap.app.capture import write_report
-    from sessiontap.app.runner import run_record
+    from sessiontap.app.runner import fresh_out, run_record
 
     out = probe.out / f"{scenario.name}-{protocol or AS_SPOKEN}"
+    fresh_out(out)  # a probe run again into the same --out is judged alone
     settings = {**probe.settings, "sessiontap_upstream": probe.upstream, "sessiontap_out": str(out)}
     client = LineClient(scenario.lines, probe.timeout)
     env = {SCENARIO_VAR: scenario.name, **({PROTOCOL_VAR: protocol} if protocol else {}),
@@ -151,7 +157,8 @@ def judged(scenario: Scenario, protocol: str | None, out: Path, analysis: Analys
     ``mask`` takes the secrets the recording saw out of every text the run's result keeps.
     """
     label = protocol or AS_SPOKEN
-    gone = removed_status(analysis) if protocol != WEBSOCKET else None
+    # A client left to pick its protocol that went on over the WebSocket is judged on what it did there.
+    gone = removed_status(analysis) if protocol == HTTP or WEBSOCKET not in spoken(analysis) else None
     if gone is not None:
         reason = f"simulate-conversation answered HTTP {gone}: the endpoint is gone"
         return RunResult(scenario.name, label, out, [Outcome(c, False, reason) for c in scenario.checks],
@@ -177,25 +184,48 @@ def skipped(scenario: Scenario, probe: Probe, status: int) -> RunResult:
                      [Outcome(c, False, reason) for c in scenario.checks], gone=status)
 
 
+def broken(scenario: Scenario, probe: Probe, protocol: str | None, why: str) -> RunResult:
+    """A run that could not be judged (the client broke the contract, the recording failed): every check fails."""
+    label = protocol or AS_SPOKEN
+    return RunResult(scenario.name, label, probe.out / f"{scenario.name}-{label}",
+                     [Outcome(c, False, why) for c in scenario.checks], stopped=why)
+
+
 def run_probe(probe: Probe, say: Callable[[str], None]) -> list[RunResult]:
-    """Play every scenario over every protocol (the HTTP ones first), say how each went, write probe.json."""
+    """Play every scenario over every protocol (the HTTP ones first), say how each went, write probe.json.
+
+    A run that cannot be judged stops the probe: it is the last of the runs returned (``stopped``), and
+    the runs before it are kept.
+    """
     runs: list[RunResult] = []
+    try:
+        _play_all(probe, say, runs)
+    finally:
+        write_probe_json(runs, probe.out)
+    return runs
+
+
+def _play_all(probe: Probe, say: Callable[[str], None], runs: list[RunResult]) -> None:
     gone: int | None = None
     for protocol in probe.protocols:
         for scenario in probe.scenarios:
             if gone is not None and protocol == HTTP:
                 runs.append(skipped(scenario, probe, gone))
                 continue
-            run = play(probe, scenario, protocol, say)
+            try:
+                run = play(probe, scenario, protocol, say)
+            except SessiontapError as e:  # the client broke the contract, or could not start; the recording failed
+                runs.append(broken(scenario, probe, protocol, str(e)))
+                return
             runs.append(run)
             passed = sum(o.passed for o in run.outcomes)
-            say(f"sessiontap: {scenario.name} over {run.protocol}: {passed} of {len(run.outcomes)} checks passed "
-                f"({len(scenario.lines)} messages, {run.seconds:.1f} s)")
+            how = (f"not run (HTTP {run.gone}: the endpoint is gone)" if run.gone is not None else
+                   f"{passed} of {len(run.outcomes)} checks passed")
+            say(f"sessiontap: {scenario.name} over {run.protocol}: {how} ({len(scenario.lines)} messages, "
+                f"{run.seconds:.1f} s)")
             if run.gone is not None and gone is None:
                 gone = run.gone
                 say("sessiontap: " + gone_line(gone, WEBSOCKET in probe.protocols))
-    write_probe_json(runs, probe.out)
-    return runs
 
 
 def probe_passed(runs: Sequence[RunResult]) -> bool:
@@ -234,7 +264,7 @@ def table(runs: Sequence[RunResult], scenarios: Sequence[Scenario]) -> list[str]
             cells = [_cell(r, check).ljust(max(len(r.protocol), 4)) for r in mine]
             lines.append("  " + "  ".join([check.ljust(width), *cells]).rstrip())
         for r in mine:
-            if r.gone is not None:  # one reason for every check
+            if r.gone is not None or r.stopped:  # one reason for every check
                 lines.append(f"    {r.protocol}: {r.outcomes[0].reason}" if r.outcomes else "")
                 continue
             lines += [f"    {r.protocol} {o.check}: {o.reason}" for o in r.outcomes if not o.passed]

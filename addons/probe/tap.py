@@ -20,10 +20,12 @@ from sessiontap.router import ws_origin
 if TYPE_CHECKING:
     import asyncio
 
+    from sessiontap.app.capture import Capture
     from sessiontap.app.runner import Listening, RecordResult
     from sessiontap.core.analysis import Analysis
     from sessiontap.core.model import Call, Finding, SessionState
     from sessiontap.core.redact import Redactor
+    from sessiontap.core.settings import Settings
     from sessiontap.replay.server import ReplayServer
 
 START_TIMEOUT = 30.0  # seconds for the proxy to listen, and for it to stop
@@ -92,12 +94,14 @@ class Tap:
         import os
 
         from sessiontap.app.config import settings_from
+        from sessiontap.app.runner import fresh_out
         from sessiontap.replay.match import parse_ignore
         from sessiontap.replay.server import ALWAYS_IGNORED, running_replay
         from sessiontap.simulator.server import running_simulator
 
         env = os.environ if environ is None else environ
         upstream = self.where.target(env)
+        fresh_out(self.out)  # a test run again into the same --sessiontap-out is judged alone
         try:
             if self.where.replay is not None:
                 replay = running_replay(self.where.replay, ignore=parse_ignore(ALWAYS_IGNORED))  # as `replay` does
@@ -199,22 +203,51 @@ class Tap:
 
     # -- what went through it ---------------------------------------------------------------------
     def analysis(self) -> Analysis:
-        """The analysis of everything recorded so far (an open WebSocket's turns included), replay misses too."""
-        from sessiontap.app.capture import analyse_capture
+        """The analysis of everything recorded so far (an open WebSocket's turns included), replay misses too.
+
+        While the proxy runs, it is the live analysis, taken on the proxy's loop once its deferred work is
+        done: a call whose reply the client already has is judged, and its flow is in flows.mitm. Once the
+        proxy has stopped, the capture is read and analysed again.
+        """
         from sessiontap.core.settings import Settings
         from sessiontap.replay.server import miss_findings
 
-        for attempt in range(READ_TRIES):  # the proxy's thread may be writing the capture's first flow
-            try:
-                analysis, cap = analyse_capture(self.out, Settings.from_options(self._settings))
-                break
-            except CaptureError:
-                if attempt == READ_TRIES - 1:
-                    raise
-                time.sleep(0.1)
-        if self._replay is not None and self._replay.misses:
-            analysis.add_findings(miss_findings(list(self._replay.misses), cap.records, analysis.calls))
+        analysis = self._live()
+        read = None
+        if analysis is None or (self._replay is not None and self._replay.misses):
+            read = self._read(Settings.from_options(self._settings))
+            analysis = analysis or read[0]
+        if self._replay is not None and self._replay.misses and read is not None:
+            analysis.add_findings(miss_findings(list(self._replay.misses), read[1].records, analysis.calls))
         return analysis
+
+    def _live(self) -> Analysis | None:
+        """The proxy's analysis so far, from its own loop; None once it has stopped."""
+        import asyncio
+
+        settled = self.listening.settled if self.listening is not None else None
+        if self._stop is None or settled is None or self.result is not None:
+            return None
+        loop = self._stop[0]
+
+        async def on_loop() -> Analysis:
+            return settled()
+
+        try:
+            return asyncio.run_coroutine_threadsafe(on_loop(), loop).result(START_TIMEOUT)
+        except RuntimeError:  # the loop closed meanwhile: the proxy has stopped
+            return None
+        except concurrent.futures.TimeoutError as e:
+            raise TapError(f"the proxy did not answer within {START_TIMEOUT:g} s") from e
+
+    def _read(self, settings: Settings) -> tuple[Analysis, Capture]:
+        from sessiontap.app.capture import analyse_capture
+
+        for _ in range(READ_TRIES - 1):  # the proxy's thread may be writing the capture's first flow
+            with contextlib.suppress(CaptureError):
+                return analyse_capture(self.out, settings)
+            time.sleep(0.1)
+        return analyse_capture(self.out, settings)
 
     @property
     def calls(self) -> list[Call]:
@@ -256,8 +289,10 @@ class Tap:
 
         analysis = self.analysis()
         if not analysis.calls:
+            how = ("take its base URL from ELEVENLABS_BASE_URL (or sessiontap.base_url)" if self.where.mode == "reverse"
+                   else "use HTTPS_PROXY and sessiontap's CA from the environment (not trust_env=False or proxy=None)")
             raise AssertionError(f"sessiontap: no call went through sessiontap at {self.base_url}: the code under "
-                                 "test must take its base URL from ELEVENLABS_BASE_URL (or sessiontap.base_url)")
+                                 f"test must {how}")
         problems = [f for f in analysis.findings if f.rule in CONTINUITY_RULES or f.severity == ERROR]
         count = len(analysis.sessions)
         if not problems and (sessions is None or count == sessions):

@@ -63,6 +63,28 @@ def test_a_driver_without_a_command_is_the_client_itself(simulator: Simulator, t
     assert (tmp_path / "flows.mitm").stat().st_size > 0 and (tmp_path / "findings.json").exists()
 
 
+def test_a_connection_still_open_when_the_run_ends_is_closed_without_an_error(simulator: Simulator, tmp_path: Path,
+                                                                             capfd: pytest.CaptureFixture[str]):
+    """A keep-alive client outlives the proxy (the pytest fixture's case): its handler is cancelled quietly."""
+    kept: list[httpx.Client] = []
+
+    async def drive(listening: Listening, proc: asyncio.subprocess.Process | None) -> int:
+        client = httpx.Client(trust_env=False)  # never closed while the proxy runs
+        kept.append(client)
+        response = await asyncio.to_thread(client.post, f"{listening.url}/v1/convai/agents/a1/simulate-conversation",
+                                           json=BODY, headers={"xi-api-key": "sk_test"})
+        return 0 if response.status_code == 200 else 1
+
+    settings = {"sessiontap_mode": "reverse", "sessiontap_upstream": simulator.url, "sessiontap_out": str(tmp_path)}
+    try:
+        result = run_record(settings, [], announce=lambda line: None, drive=drive)
+    finally:
+        kept[0].close()
+    assert result.exit_code == 0
+    err = capfd.readouterr().err
+    assert "Exception in callback" not in err and "CancelledError" not in err, err
+
+
 def test_the_ca_bundle_is_replaced_whole_for_runs_sharing_the_config_directory(tmp_path: Path):
     import certifi
 

@@ -284,3 +284,17 @@ def test_a_socket_per_message_session_is_judged_without_walking_its_calls_at_eve
     assert per_message.evidence["server_conversations"] == [f"conv{i}" for i in range(n)]
     assert per_message.evidence["opened_at"] == {f"conv{i}": f"client.py:{10 + i % 2} send" for i in range(n)}
     assert per_message.call_ids == [f"c{i}" for i in range(n)]  # raised over all, every later call added
+
+
+def test_a_reset_says_whether_the_call_sent_nothing_or_only_its_newest_message():
+    def reset_message(second: Call) -> str:
+        an = Analyzer()
+        for c in (mk(1, [U("cotton t-shirts")], "Noted."), second):
+            an.add_call(c)
+        (reset,) = [f for f in an.result().findings if f.rule == "context-reset"]
+        return reset.message
+
+    newest_only = reset_message(mk(2, [U("made in Vietnam")], "Hello"))
+    assert newest_only.startswith("context went back to the newest message alone at call #2 of the session")
+    nothing = reset_message(mk(2, [], "Hello", user="made in Vietnam"))
+    assert nothing.startswith("context went back to empty at call #2 of the session")

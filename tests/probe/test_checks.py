@@ -94,6 +94,9 @@ def test_removed_status_comes_from_the_upstream_error_finding_of_a_simulate_call
     analysis = analyse([call(1, [U(LINES[0])], status=410)])
     assert removed_status(analysis) == 410
     assert removed_status(analyse([call(1, [U(LINES[0])], status=500)])) is None
+    # A 404 later in a conversation is that conversation's upstream failure, not the endpoint gone.
+    later = continuing()[:2] + [call(3, continuing()[2].context, status=404)]
+    assert removed_status(analyse(later)) is None
 
 
 def test_scenarios_follow_turns_and_names_are_checked():
@@ -140,3 +143,21 @@ def test_a_run_is_judged_from_its_analysis_and_from_what_the_client_did(tmp_path
     gone = judged(SCENARIO, "http", tmp_path, analyse([call(1, [U(LINES[0])], status=404)]), died, 8000)
     assert gone.gone == 404 and not gone.passed  # a removed endpoint explains the client's death
     assert {o.reason for o in gone.outcomes} == {"simulate-conversation answered HTTP 404: the endpoint is gone"}
+
+
+def test_an_oversize_context_fails_context_size_over_http_but_not_on_the_servers_own_transcript():
+    from dataclasses import replace
+
+    from sessiontap.core.model import WEBSOCKET
+    from sessiontap.core.settings import DEFAULTS
+
+    tight = replace(DEFAULTS, max_context_tokens=5)
+    http = Played(SCENARIO, analyse(continuing(), settings=tight), max_context_tokens=5)
+    assert not context_size(http).passed and context_size(http).reason.startswith("context-oversize: ")
+    sockets = continuing()
+    for c in sockets:  # one socket: the server's transcript is the context
+        c.protocol, c.endpoint, c.server_conversation, c.context_field = WEBSOCKET, "conversation", "f1", ""
+    websocket = Played(SCENARIO, analyse(sockets, settings=tight), max_context_tokens=5)
+    assert "context-oversize" in [f.rule for f in websocket.analysis.findings]
+    outcome = context_size(websocket)
+    assert outcome.passed and "over it: the server's transcript, for the agent to trim" in outcome.reason

@@ -7,9 +7,11 @@ import ast
 import re
 from pathlib import Path
 
+import httpx
 import pytest
 
-from sessiontap.probe.tap import TapError, Where
+from sessiontap.bridge.backlog import Backlog
+from sessiontap.probe.tap import Tap, TapError, Where
 from sessiontap.router import DEFAULT_UPSTREAM
 
 pytest_plugins = ["pytester"]
@@ -112,7 +114,7 @@ def test_the_fixture_passes_fixed_clients_and_fails_faulty_ones_with_the_finding
     result.stdout.fnmatch_lines([
         "*test_http_client_continues?faulty?*",
         "E*AssertionError: sessiontap: the conversation does not continue: 1 session * 2 resets: context lost 2*",
-        "E*error [[]context-reset] *: context went back to empty at call #2 of the session*",
+        "E*error [[]context-reset] *: context went back to the newest message alone at call #2 of the session*",
         "E*report: *test_http_client_continues_faulty_/report.html",
     ])
     result.stdout.fnmatch_lines([
@@ -179,7 +181,7 @@ def test_clients_we_did_not_write_pass_when_they_continue_and_fail_with_the_rule
     result.assert_outcomes(passed=2, failed=2, warnings=0)
     result.stdout.fnmatch_lines([
         "*test_sdk?sdk-newest-only?*",
-        "E*error [[]context-reset] *: context went back to empty at call #2 of the session*",
+        "E*error [[]context-reset] *: context went back to the newest message alone at call #2 of the session*",
     ])
     result.stdout.fnmatch_lines([
         "*test_raw_websocket?ws-socket-per-message?*",
@@ -207,3 +209,54 @@ def test_live_targets_the_real_api_by_construction():
         Where(replay=Path("flows.mitm"), live=True).target({"ELEVENLABS_API_KEY": "sk_x"})
     with pytest.raises(TapError, match="mode must be reverse or regular"):
         Where(mode="socks").target({})
+
+
+def test_what_a_test_reads_right_after_a_reply_is_that_call_judged_with_its_whole_context(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sessiontap_home: Path):
+    """The capture is saved after the reply goes (off its latency): the tap must not read a flow not yet saved."""
+    monkeypatch.setenv("SESSIONTAP_HOME", str(sessiontap_home))
+    # A busy proxy: its deferred work (judging, the capture's save) runs a while after the reply has gone.
+    close = Backlog._close
+    monkeypatch.setattr(Backlog, "_close", lambda self, loop: loop.call_later(0.5, close, self, loop))
+    with Tap(tmp_path / "out", name="race") as tap, httpx.Client(trust_env=False, timeout=30) as client:
+        history: list[dict[str, object]] = []
+        for n in range(8):
+            history.append({"role": "user", "message": f"message {n} about cotton t-shirts", "time_in_call_secs": n})
+            body = {"simulation_specification": {"simulated_user_config": {}, "partial_conversation_history": history},
+                    "new_turns_limit": 1}
+            answer = client.post(f"{tap.base_url}/v1/convai/agents/a1/simulate-conversation", json=body,
+                                 headers={"xi-api-key": "sk_test_race"}).json()
+            turns = answer["simulated_conversation"]
+            new = turns[len(history):] if len(turns) > len(history) else turns  # the history echoed, or not
+            reply = next(t for t in new if t["role"] == "agent")
+            history.append({"role": "agent", "message": reply["message"], "time_in_call_secs": n})
+            calls = tap.calls  # at once: no pause for the proxy to catch up
+            assert [len(c.context) for c in calls] == [2 * k + 1 for k in range(n + 1)]
+            assert not [f.message for f in tap.findings if f.severity != "info"]
+            tap.assert_continuous(sessions=1)
+
+
+def test_a_test_recorded_again_into_the_same_directory_is_judged_alone(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sessiontap_home: Path):
+    monkeypatch.setenv("SESSIONTAP_HOME", str(sessiontap_home))
+    body = {"simulation_specification": {"simulated_user_config": {}, "partial_conversation_history": [
+        {"role": "user", "message": "I need to classify cotton t-shirts.", "time_in_call_secs": 0}]},
+        "new_turns_limit": 1}
+    for run in range(2):  # as `--sessiontap-out DIR` gives a test the same directory each time it runs
+        with Tap(tmp_path / "out", name="again") as tap:
+            for _ in range(run + 1):
+                httpx.post(f"{tap.base_url}/v1/convai/agents/a1/simulate-conversation", json=body,
+                           headers={"xi-api-key": "sk_test_again"}, trust_env=False, timeout=30)
+            assert len(tap.calls) == run + 1
+    assert len(tap.analysis().calls) == 2  # read from the capture once stopped: this run's two calls only
+
+
+@pytest.mark.parametrize(("mode", "hint"), [("reverse", "take its base URL from ELEVENLABS_BASE_URL"),
+                                            ("regular", "use HTTPS_PROXY and sessiontap's CA")])
+def test_nothing_went_through_says_how_the_mode_expects_to_be_reached(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sessiontap_home: Path, mode: str, hint: str):
+    monkeypatch.setenv("SESSIONTAP_HOME", str(sessiontap_home))
+    with Tap(tmp_path / "out", Where(mode=mode)) as tap, pytest.raises(AssertionError, match="no call went through"
+                                                                       ) as failed:
+        tap.assert_continuous()
+    assert hint in str(failed.value)

@@ -177,7 +177,23 @@ def test_a_client_that_breaks_the_contract_stops_the_probe_with_one_line(session
     assert run.code == 1
     errors = [line for line in run.stderr.splitlines() if line.startswith("Error:")]
     assert len(errors) == 1 and said in errors[0], run.stderr
-    assert "Traceback" not in run.stderr and run.stdout == ""
+    assert "Traceback" not in run.stderr
+    (only,) = runs_of(tmp_path / "probe")  # the probe stops there, and keeps what it played
+    assert only["stopped"] in errors[0] and not only["passed"]
+    assert run.stdout.splitlines()[-1] == "0 of 4 checks passed, 4 failed"
+
+
+def test_a_run_that_cannot_be_judged_keeps_the_runs_before_it(sessiontap, tmp_path: Path):
+    """An HTTP-only client asked for both protocols: its HTTP half is kept, the WebSocket run stops the probe."""
+    out = tmp_path / "probe"
+    run = sessiontap("probe", "--client", f"{sys.executable} -m sessiontap.samples fixed-http --stdin", "--protocol",
+                     "both", "--scenario", "persistence", "--mode", "reverse", "--out", str(out))
+    assert run.code == 1
+    http, websocket = runs_of(out)
+    assert http["passed"] and http["stopped"] is None
+    assert not websocket["passed"] and "asked for websocket, the client spoke http" in websocket["stopped"]
+    assert rows(run.stdout) == {"persistence one-session": ["pass", "FAIL"],
+                                "persistence context-grows": ["pass", "FAIL"]}
 
 
 @contextlib.contextmanager
@@ -276,3 +292,14 @@ def test_an_interrupted_probe_ends_with_one_line_and_stops_its_client(sessiontap
             proc.kill()
     assert proc.returncode == 1 and "Traceback" not in err
     assert "Error: conversation over http: interrupted after 1 of 5 replies (recorded so far: " in err
+
+
+def test_a_probe_run_again_into_the_same_out_is_judged_alone(sessiontap, tmp_path: Path):
+    out = tmp_path / "probe"
+    args = ("probe", "--scenario", "persistence", "--protocol", "http", "--mode", "reverse", "--out", str(out))
+    assert sessiontap(*args, "--sample", "faulty").code == 1
+    again = sessiontap(*args)
+    assert again.code == 0, again.stdout
+    findings = json.loads((out / "persistence-http" / "findings.json").read_text())
+    assert findings["calls"] == 6 and findings["findings"] == [], findings["verdict"]  # 12 calls, appended
+    assert sessiontap("check", str(out / "persistence-http")).code == 0  # the faulty run is gone from the capture
