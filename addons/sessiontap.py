@@ -42,6 +42,9 @@ except ModuleNotFoundError as e:  # pragma: no cover - only without an install
     ) from e
 
 
+SETTLE_POLL = 0.005  # seconds between looks at the backlog while a test waits for it
+
+
 class Chain:
     """sessiontap's addons, wired to each other, in the order mitmproxy must call them (one addon, nine nested)."""
 
@@ -64,13 +67,17 @@ class Chain:
         self.addons: list[object] = [self.exposure, self.router, self.streaming, self.tagger, self.audio,
                                      self.findings, self.journal, self.endings, self.scrubber]
 
-    def settled(self) -> Analysis:
-        """On the proxy's loop: the deferred work done now, the capture's writes finished, and the analysis so far.
+    async def settled(self) -> Analysis:
+        """On the proxy's loop: the analysis so far, once the deferred work has run and the capture's writes are done.
 
-        What a reply's client can see at once (its call judged, its flow in flows.mitm) without waiting for
-        the backlog's turn: for a test that asserts right after its last call.
+        What a reply's client may ask at once (its call judged, its flow in flows.mitm): for a test that
+        asserts right after its last call. The backlog runs in its own turn (its work masks flows that
+        have been sent, so it is never run early); this waits for that turn.
         """
-        self.backlog.drain()
+        import asyncio
+
+        while self.backlog.queue:
+            await asyncio.sleep(SETTLE_POLL)
         self.journal.settle()
         return self.findings.analyzer.result()
 

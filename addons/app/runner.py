@@ -254,7 +254,7 @@ class Listening:
     mode: str
     conf: Path
     auth: str | None = None
-    settled: Callable[[], Analysis] | None = field(default=None, compare=False)  # on the proxy's loop: see Chain
+    settled: Callable[[], Coroutine[Any, Any, Analysis]] | None = field(default=None, compare=False)  # see Chain
 
     @property
     def url(self) -> str:

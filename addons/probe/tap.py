@@ -205,8 +205,8 @@ class Tap:
     def analysis(self) -> Analysis:
         """The analysis of everything recorded so far (an open WebSocket's turns included), replay misses too.
 
-        While the proxy runs, it is the live analysis, taken on the proxy's loop once its deferred work is
-        done: a call whose reply the client already has is judged, and its flow is in flows.mitm. Once the
+        While the proxy runs, it is the live analysis, taken on the proxy's loop once its deferred work has
+        run: a call whose reply the client already has is judged, and its flow is in flows.mitm. Once the
         proxy has stopped, the capture is read and analysed again.
         """
         from sessiontap.core.settings import Settings
@@ -228,14 +228,11 @@ class Tap:
         settled = self.listening.settled if self.listening is not None else None
         if self._stop is None or settled is None or self.result is not None:
             return None
-        loop = self._stop[0]
-
-        async def on_loop() -> Analysis:
-            return settled()
-
+        waiting = settled()
         try:
-            return asyncio.run_coroutine_threadsafe(on_loop(), loop).result(START_TIMEOUT)
+            return asyncio.run_coroutine_threadsafe(waiting, self._stop[0]).result(START_TIMEOUT)
         except RuntimeError:  # the loop closed meanwhile: the proxy has stopped
+            waiting.close()
             return None
         except concurrent.futures.TimeoutError as e:
             raise TapError(f"the proxy did not answer within {START_TIMEOUT:g} s") from e

@@ -217,7 +217,7 @@ def test_what_a_test_reads_right_after_a_reply_is_that_call_judged_with_its_whol
     monkeypatch.setenv("SESSIONTAP_HOME", str(sessiontap_home))
     # A busy proxy: its deferred work (judging, the capture's save) runs a while after the reply has gone.
     close = Backlog._close
-    monkeypatch.setattr(Backlog, "_close", lambda self, loop: loop.call_later(0.5, close, self, loop))
+    monkeypatch.setattr(Backlog, "_close", lambda self, loop: loop.call_later(0.2, close, self, loop))
     with Tap(tmp_path / "out", name="race") as tap, httpx.Client(trust_env=False, timeout=30) as client:
         history: list[dict[str, object]] = []
         for n in range(8):
