@@ -68,18 +68,21 @@ class Chain:
                                      self.findings, self.journal, self.endings, self.scrubber]
 
     async def settled(self) -> Analysis:
-        """On the proxy's loop: the analysis so far, once the deferred work has run and the capture's writes are done.
+        """On the proxy's loop: the analysis so far, once the deferred work queued until now has run.
 
-        What a reply's client may ask at once (its call judged, its flow in flows.mitm): for a test that
-        asserts right after its last call. The backlog runs in its own turn (its work masks flows that
-        have been sent, so it is never run early); this waits for that turn.
+        What a client that has its reply may ask at once (its call judged; a finished flow in flows.mitm):
+        for a test that asserts right after its last call. The backlog runs in its own turn (its work masks
+        flows that have been sent, so it is never run early); this waits for that turn, not for traffic
+        queued after it. The analysis is a copy: the proxy goes on with its own.
         """
         import asyncio
+        import copy
 
-        while self.backlog.queue:
+        until = self.backlog.added
+        while self.backlog.queue and self.backlog.queue[0][0] < until:
             await asyncio.sleep(SETTLE_POLL)
         self.journal.settle()
-        return self.findings.analyzer.result()
+        return copy.deepcopy(self.findings.analyzer).result()
 
 
 def chain() -> Chain:

@@ -330,7 +330,7 @@ async def record(settings: dict[str, Any], command: list[str],
         raise SessiontapError(f"bad option: {e}") from e
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    loop.set_exception_handler(_quiet_when_cancelled)
+    loop.set_exception_handler(_quiet_when_cancelled)  # for asyncio.run's own end, when it cancels what is left
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
@@ -418,7 +418,8 @@ def fresh_out(out: Path) -> None:
 def _quiet_when_cancelled(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
     """The loop's error handler: a client connection still open when the proxy stops has its handler
     cancelled, which Python 3.12.1's stream callback reports as an error; anything else is reported."""
-    if not isinstance(context.get("exception"), asyncio.CancelledError):
+    cancelled = isinstance(context.get("exception"), asyncio.CancelledError)
+    if not (cancelled and "StreamReaderProtocol" in str(context.get("message", ""))):
         loop.default_exception_handler(context)
 
 

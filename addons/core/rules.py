@@ -194,7 +194,8 @@ def context_reset(j: Judged) -> list[Finding]:
         severity, how = INFO, f"after a pause of {gap:.0f} s (a new conversation?)"
     elif not kept:  # nothing of what came before: at most the newest message itself
         severity = ERROR if had_reply else WARNING
-        how = "went back to the newest message alone" if call.context else "went back to empty"
+        alone = len(call.context) == 1 and call.context[0].role == USER
+        how = "went back to the newest message alone" if alone else "went back to empty"
     elif window:
         severity, how = WARNING, f"kept only the last {len(kept)} of {len(expected)} turns"
     else:

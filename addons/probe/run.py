@@ -158,11 +158,11 @@ def judged(scenario: Scenario, protocol: str | None, out: Path, analysis: Analys
     """
     label = protocol or AS_SPOKEN
     # A client left to pick its protocol that went on over the WebSocket is judged on what it did there.
-    gone = removed_status(analysis) if protocol == HTTP or WEBSOCKET not in spoken(analysis) else None
+    gone = removed_status(analysis) if protocol == HTTP or (protocol is None and WEBSOCKET not in spoken(analysis)) \
+        else None
     if gone is not None:
         reason = f"simulate-conversation answered HTTP {gone}: the endpoint is gone"
-        return RunResult(scenario.name, label, out, [Outcome(c, False, reason) for c in scenario.checks],
-                         mask(analysis.verdict()), gone)
+        return RunResult(scenario.name, label, out, all_failed(scenario, reason), mask(analysis.verdict()), gone)
     if client.failure is not None:
         raise ProbeError(f"{scenario.name} over {label}: {mask(client.failure)} (recorded so far: {out})")
     if len(client.replies) < len(scenario.lines):  # a signal, or the proxy ended, before the last reply
@@ -177,18 +177,23 @@ def judged(scenario: Scenario, protocol: str | None, out: Path, analysis: Analys
     return RunResult(scenario.name, protocol or "+".join(seen) or AS_SPOKEN, out, outcomes, mask(analysis.verdict()))
 
 
+def all_failed(scenario: Scenario, reason: str) -> list[Outcome]:
+    """Every check of a run that was not judged, failed for one reason."""
+    return [Outcome(c, False, reason) for c in scenario.checks]
+
+
 def skipped(scenario: Scenario, probe: Probe, status: int) -> RunResult:
     """An HTTP run not played: simulate-conversation is gone."""
     reason = f"not run: simulate-conversation answered HTTP {status} (gone)"
-    return RunResult(scenario.name, HTTP, probe.out / f"{scenario.name}-{HTTP}",
-                     [Outcome(c, False, reason) for c in scenario.checks], gone=status)
+    return RunResult(scenario.name, HTTP, probe.out / f"{scenario.name}-{HTTP}", all_failed(scenario, reason),
+                     gone=status)
 
 
 def broken(scenario: Scenario, probe: Probe, protocol: str | None, why: str) -> RunResult:
     """A run that could not be judged (the client broke the contract, the recording failed): every check fails."""
     label = protocol or AS_SPOKEN
-    return RunResult(scenario.name, label, probe.out / f"{scenario.name}-{label}",
-                     [Outcome(c, False, why) for c in scenario.checks], stopped=why)
+    return RunResult(scenario.name, label, probe.out / f"{scenario.name}-{label}", all_failed(scenario, why),
+                     stopped=why)
 
 
 def run_probe(probe: Probe, say: Callable[[str], None]) -> list[RunResult]:
@@ -269,14 +274,17 @@ def table(runs: Sequence[RunResult], scenarios: Sequence[Scenario]) -> list[str]
                 continue
             lines += [f"    {r.protocol} {o.check}: {o.reason}" for o in r.outcomes if not o.passed]
         lines.append("")
-    played = [o for r in runs if r.gone is None for o in r.outcomes]
-    failed = sum(not o.passed for o in played)
-    gone = sorted({r.gone for r in runs if r.gone is not None})
-    not_run = sum(len(r.outcomes) for r in runs if r.gone is not None)
-    ran = f"{len(played) - failed} of {len(played)} checks passed" if played else "no check ran"
-    lines.append(ran + (f", {failed} failed" if failed else "")
-                 + (f"; {not_run} not run (simulate-conversation is gone: HTTP {'/'.join(map(str, gone))})"
-                    if not_run else ""))
+    judged = [o for r in runs if r.gone is None and not r.stopped for o in r.outcomes]
+    failed = sum(not o.passed for o in judged)
+    parts = [f"{len(judged) - failed} of {len(judged)} checks passed" + (f", {failed} failed" if failed else "")
+             if judged else "no check ran"]
+    if gone := sorted({r.gone for r in runs if r.gone is not None}):
+        not_run = sum(len(r.outcomes) for r in runs if r.gone is not None)
+        parts.append(f"{not_run} not run (simulate-conversation is gone: HTTP {'/'.join(map(str, gone))})")
+    if stopped := next((r for r in runs if r.stopped), None):
+        parts.append(f"stopped at {stopped.scenario} over {stopped.protocol}: its {len(stopped.outcomes)} checks "
+                     "not judged")
+    lines.append("; ".join(parts))
     return lines
 
 

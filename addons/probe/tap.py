@@ -205,9 +205,10 @@ class Tap:
     def analysis(self) -> Analysis:
         """The analysis of everything recorded so far (an open WebSocket's turns included), replay misses too.
 
-        While the proxy runs, it is the live analysis, taken on the proxy's loop once its deferred work has
-        run: a call whose reply the client already has is judged, and its flow is in flows.mitm. Once the
-        proxy has stopped, the capture is read and analysed again.
+        While the proxy runs, it is a copy of the live analysis, taken on the proxy's loop once its deferred
+        work has run: a call whose reply was forwarded whole is in it, judged, its context whole (an open
+        socket's turns too, though its flow is written to flows.mitm only when it closes). Once the proxy
+        has stopped, the capture is read and analysed again.
         """
         from sessiontap.core.settings import Settings
         from sessiontap.replay.server import miss_findings
@@ -230,11 +231,16 @@ class Tap:
             return None
         waiting = settled()
         try:
-            return asyncio.run_coroutine_threadsafe(waiting, self._stop[0]).result(START_TIMEOUT)
-        except RuntimeError:  # the loop closed meanwhile: the proxy has stopped
+            answer = asyncio.run_coroutine_threadsafe(waiting, self._stop[0])
+        except RuntimeError:  # the loop has closed: the proxy has stopped
             waiting.close()
             return None
+        try:
+            return answer.result(START_TIMEOUT)
+        except concurrent.futures.CancelledError:  # the proxy stopped meanwhile
+            return None
         except concurrent.futures.TimeoutError as e:
+            answer.cancel()
             raise TapError(f"the proxy did not answer within {START_TIMEOUT:g} s") from e
 
     def _read(self, settings: Settings) -> tuple[Analysis, Capture]:

@@ -58,3 +58,23 @@ def test_drain_runs_everything_left_at_shutdown():
         return ran
 
     assert asyncio.run(scenario()) == [0, 1, 2, 3, 4]
+
+
+def test_a_settled_analysis_waits_for_the_work_queued_before_it_was_asked_and_never_runs_it_early():
+    """The pytest fixture's read: what was queued before it runs in its own turn; what comes after is not awaited."""
+    from sessiontap.sessiontap import Chain
+
+    async def scenario() -> list[str]:
+        chain, ran = Chain(), []
+        chain.backlog.add(ran.append, "before")
+        asking = asyncio.create_task(chain.settled())
+        await asyncio.sleep(0)  # the read has taken its mark; "before" has not run yet (two turns)
+        assert ran == []
+        queue = chain.backlog.queue  # later traffic whose turn never comes while the read waits
+        queue.append((chain.backlog.added, ran.append, ("after",)))
+        chain.backlog.added += 1
+        analysis = await asyncio.wait_for(asking, 5)
+        assert analysis.calls == [] and len(queue) == 1
+        return ran
+
+    assert asyncio.run(scenario()) == ["before"]

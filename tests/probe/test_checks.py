@@ -143,6 +143,9 @@ def test_a_run_is_judged_from_its_analysis_and_from_what_the_client_did(tmp_path
     gone = judged(SCENARIO, "http", tmp_path, analyse([call(1, [U(LINES[0])], status=404)]), died, 8000)
     assert gone.gone == 404 and not gone.passed  # a removed endpoint explains the client's death
     assert {o.reason for o in gone.outcomes} == {"simulate-conversation answered HTTP 404: the endpoint is gone"}
+    removed = analyse([call(1, [U(LINES[0])], status=404)])
+    with pytest.raises(ProbeError, match="^s: asked for websocket, the client spoke http"):  # not gone: the wrong half
+        judged(SCENARIO, "websocket", tmp_path, removed, LineClient(LINES, replies=["r1", "r2", "r3"]), 8000)
 
 
 def test_an_oversize_context_fails_context_size_over_http_but_not_on_the_servers_own_transcript():

@@ -234,6 +234,10 @@ def test_what_a_test_reads_right_after_a_reply_is_that_call_judged_with_its_whol
             assert [len(c.context) for c in calls] == [2 * k + 1 for k in range(n + 1)]
             assert not [f.message for f in tap.findings if f.severity != "info"]
             tap.assert_continuous(sessions=1)
+            if n == 0:
+                first = calls
+        assert [c.id for c in first] == [calls[0].id] and len(first[0].context) == 1  # a copy: later calls left it
+    assert tap.result is not None and tap.analysis().verdict() == tap.result.verdict  # the proxy's own, undisturbed
 
 
 def test_a_test_recorded_again_into_the_same_directory_is_judged_alone(
@@ -260,3 +264,4 @@ def test_nothing_went_through_says_how_the_mode_expects_to_be_reached(
                                                                        ) as failed:
         tap.assert_continuous()
     assert hint in str(failed.value)
+

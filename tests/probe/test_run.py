@@ -180,7 +180,8 @@ def test_a_client_that_breaks_the_contract_stops_the_probe_with_one_line(session
     assert "Traceback" not in run.stderr
     (only,) = runs_of(tmp_path / "probe")  # the probe stops there, and keeps what it played
     assert only["stopped"] in errors[0] and not only["passed"]
-    assert run.stdout.splitlines()[-1] == "0 of 4 checks passed, 4 failed"
+    assert run.stdout.splitlines()[-1] == (f"no check ran; stopped at conversation over {protocol or 'http'}: its 4 "
+                                           "checks not judged")
 
 
 def test_a_run_that_cannot_be_judged_keeps_the_runs_before_it(sessiontap, tmp_path: Path):
@@ -194,6 +195,8 @@ def test_a_run_that_cannot_be_judged_keeps_the_runs_before_it(sessiontap, tmp_pa
     assert not websocket["passed"] and "asked for websocket, the client spoke http" in websocket["stopped"]
     assert rows(run.stdout) == {"persistence one-session": ["pass", "FAIL"],
                                 "persistence context-grows": ["pass", "FAIL"]}
+    assert run.stdout.splitlines()[-1] == ("2 of 2 checks passed; stopped at persistence over websocket: its 2 checks "
+                                           "not judged")
 
 
 @contextlib.contextmanager

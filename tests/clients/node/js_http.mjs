@@ -62,8 +62,7 @@ await runClient(async () => {
   let clock = 0; // timeInCallSecs is a required integer; keep it non-decreasing
   let latestReplyIndex = -1;
 
-  for await (const [number, text] of userMessages(opts)) {
-    const n = number - 1;
+  for await (const [n, text] of userMessages(opts)) {
     clock += 1;
     const userTurn = { role: "user", message: text, timeInCallSecs: clock };
 
@@ -83,7 +82,7 @@ await runClient(async () => {
       },
       newTurnsLimit: 1,
     };
-    debug(`call ${n + 1}: POST simulate-conversation with ${sent.length} turn(s)`);
+    debug(`call ${n}: POST simulate-conversation with ${sent.length} turn(s)`);
     const controller = new AbortController();
     let response;
     try {
@@ -94,7 +93,7 @@ await runClient(async () => {
           abortSignal: controller.signal,
         }),
         timeoutMs + 1000,
-        `the simulate-conversation reply to message ${n + 1}`,
+        `the simulate-conversation reply to message ${n}`,
       );
     } catch (err) {
       controller.abort();
@@ -104,17 +103,17 @@ await runClient(async () => {
       if (/^"?timeout"?$/i.test(why) || err?.name === "ElevenLabsTimeoutError") {
         why = `timed out after ${opts.timeoutSecs}s waiting for the reply (${why})`;
       }
-      throw new Error(`simulate-conversation call ${n + 1} failed: ${why}`, { cause: err?.cause });
+      throw new Error(`simulate-conversation call ${n} failed: ${why}`, { cause: err?.cause });
     }
 
     const simulated = response?.simulatedConversation;
     if (!Array.isArray(simulated)) {
-      throw new Error(`simulate-conversation call ${n + 1}: response has no simulated_conversation list`);
+      throw new Error(`simulate-conversation call ${n}: response has no simulated_conversation list`);
     }
     const { turn, echoed } = findReply(sent, simulated);
-    debug(`call ${n + 1}: ${simulated.length} turn(s) back, history echoed: ${echoed}`);
+    debug(`call ${n}: ${simulated.length} turn(s) back, history echoed: ${echoed}`);
     if (!turn) {
-      throw new Error(`simulate-conversation call ${n + 1}: no agent turn after the ${sent.length} turn(s) sent`);
+      throw new Error(`simulate-conversation call ${n}: no agent turn after the ${sent.length} turn(s) sent`);
     }
     say(opts, turn.message);
 
