@@ -115,8 +115,10 @@ def gone_line(status: int, websocket_next: bool) -> str:
     """The one line said when simulate-conversation is gone, naming what replaces it."""
     then = ("the HTTP runs are skipped; the WebSocket half runs" if websocket_next else
             "the HTTP runs are skipped (probe the WebSocket half with --protocol websocket)")
+    unsure = " (a 404 can also be a wrong path or agent id: the WebSocket half, to the same agent, tells)" \
+        if status == 404 else ""
     return (f"simulate-conversation answered HTTP {status}: it is gone (ElevenLabs announced its removal for "
-            f"2026-10-31); its replacements are {REPLACEMENTS}; {then}")
+            f"2026-10-31){unsure}; its replacements are {REPLACEMENTS}; {then}")
 
 
 def spoken(analysis: Analysis) -> list[str]:

@@ -240,7 +240,8 @@ def test_when_simulate_conversation_is_gone_the_http_half_says_so_and_the_websoc
                      timeout=240)
     assert run.code == 0, run.stderr  # the half that could run passed; the other did not run
     (line,) = gone_lines(run.stderr)
-    for words in ("HTTP 404: it is gone", "2026-10-31", "WebSocket text-only conversation (/v1/convai/conversation)",
+    for words in ("HTTP 404: it is gone", "2026-10-31", "a 404 can also be a wrong path or agent id",
+                  "WebSocket text-only conversation (/v1/convai/conversation)",
                   "agent-testing API (/v1/convai/agent-testing/create, then /v1/convai/agents/{agent_id}/run-tests)",
                   "the HTTP runs are skipped; the WebSocket half runs"):
         assert words in line
@@ -272,6 +273,7 @@ def test_a_410_over_http_alone_points_at_the_websocket_half(sessiontap, tmp_path
     assert run.code == 1  # nothing could be checked
     (line,) = gone_lines(run.stderr)
     assert "HTTP 410" in line and "probe the WebSocket half with --protocol websocket" in line
+    assert "wrong path" not in line  # a 410 says gone, and nothing else
     assert run.stdout.splitlines()[-1] == "no check ran; 2 not run (simulate-conversation is gone: HTTP 410)"
 
 
