@@ -204,11 +204,16 @@ def run_probe(probe: Probe, say: Callable[[str], None]) -> list[RunResult]:
     A run that cannot be judged stops the probe: it is the last of the runs returned (``stopped``), and
     the runs before it are kept.
     """
+    from sessiontap.app.runner import check_upstream
+
+    if not probe.live:
+        check_upstream(probe.upstream)  # down before anything ran: the probe's one error, nothing written
     runs: list[RunResult] = []
     try:
         _play_all(probe, say, runs)
     finally:
-        write_probe_json(runs, probe.out)
+        if runs:
+            write_probe_json(runs, probe.out)
     return runs
 
 

@@ -129,12 +129,13 @@ def test_probe_help_states_the_client_contract():
         assert words in text
 
 
-def test_probe_to_an_upstream_that_is_down_is_one_line():
+def test_probe_to_an_upstream_that_is_down_is_one_line(tmp_path: Path):
     import socket
 
     with socket.socket() as free:
         free.bind(("127.0.0.1", 0))
         port = free.getsockname()[1]
-    result = run("probe", "--to", f"http://127.0.0.1:{port}", "--out", "never")
+    result = run("probe", "--to", f"http://127.0.0.1:{port}", "--out", str(tmp_path / "never"))
     assert result.exit_code == 1
     assert f"Error: upstream http://127.0.0.1:{port} is not reachable" in result.output
+    assert not (tmp_path / "never").exists()  # refused before any run: nothing written
