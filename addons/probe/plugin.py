@@ -18,6 +18,7 @@ nothing of sessiontap until the fixture is used.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import warnings
@@ -82,6 +83,23 @@ def _path(request: pytest.FixtureRequest, name: str) -> Path | None:
     return path if path.is_absolute() or base is None else base / path
 
 
+_NAMED = pytest.StashKey[dict[str, str]]()  # a run's test directories: name -> the node id it was given to
+
+
+def _directory(config: pytest.Config, nodeid: str) -> str:
+    """A test's directory under ``--sessiontap-out``: its node id made a file name, and the same on every run.
+
+    Two node ids that make the same name (``t[a/b]`` and ``t[a:b]``) must not share one: a rerun's
+    directory is replaced, so the second gets a short digest of its id.
+    """
+    named = config.stash.setdefault(_NAMED, {})
+    name = re.sub(r"[^\w.-]+", "_", nodeid)[-120:]
+    if named.setdefault(name, nodeid) != nodeid:
+        name = f"{name[-111:]}-{hashlib.sha1(nodeid.encode()).hexdigest()[:8]}"
+        named[name] = nodeid
+    return name
+
+
 @pytest.fixture
 def sessiontap(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch,
                tmp_path: Path) -> Iterator[Tap]:
@@ -100,7 +118,7 @@ def sessiontap(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch,
     live, _ = _setting(request, "live")
     where = Where(_path(request, "replay"), upstream or None, bool(live), mode or "reverse")
     base = _path(request, "out")
-    out = base / re.sub(r"[^\w.-]+", "_", request.node.nodeid)[-120:] if base else tmp_path / "sessiontap"
+    out = base / _directory(request.config, request.node.nodeid) if base else tmp_path / "sessiontap"
     tap = Tap(out, where, request.node.nodeid, _path(request, "config"))
     try:
         with warnings.catch_warnings():

@@ -191,6 +191,31 @@ def test_clients_we_did_not_write_pass_when_they_continue_and_fail_with_the_rule
     assert sorted(failed) == ["test_raw_websocket[ws-socket-per-message]", "test_sdk[sdk-newest-only]"]
 
 
+def test_tests_whose_ids_make_the_same_name_keep_a_directory_each(example: pytest.Pytester, tmp_path: Path):
+    """Their directory is replaced when they run again: two tests must never share one."""
+    example.makepyfile(test_names='''
+import os
+
+import httpx
+import pytest
+
+
+@pytest.mark.parametrize("where", ["a/b", "a:b"])
+def test_named(sessiontap, where):
+    body = {"simulation_specification": {"simulated_user_config": {}, "partial_conversation_history": [
+        {"role": "user", "message": where, "time_in_call_secs": 0}]}, "new_turns_limit": 1}
+    httpx.post(os.environ["ELEVENLABS_BASE_URL"] + "/v1/convai/agents/a1/simulate-conversation", json=body,
+               headers={"xi-api-key": os.environ["ELEVENLABS_API_KEY"]}, timeout=30).raise_for_status()
+    assert len(sessiontap.calls) == 1
+''')
+    out = tmp_path / "captures"
+    run(example, "test_names.py", f"--sessiontap-out={out}").assert_outcomes(passed=2)
+    names = sorted(d.name for d in out.iterdir())
+    assert names[0] == "test_names.py_test_named_a_b_" and len(names) == 2, names
+    assert names[1].startswith(names[0] + "-")  # the second: a digest of its own id
+    assert all((out / n / "flows.mitm").stat().st_size > 0 for n in names)
+
+
 def test_live_and_a_remote_upstream_are_refused_before_anything_is_sent(example: pytest.Pytester):
     result = run(example, "--sessiontap-live", "-k", "test_what_went_through")
     result.assert_outcomes(errors=1)
