@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 from sessiontap.core.analysis import Analysis, count
 from sessiontap.core.contextdiff import tokens_of
-from sessiontap.core.model import WEBSOCKET, Call, Finding, Turn, fold_space
+from sessiontap.core.model import CONTEXT, WEBSOCKET, Call, Finding, Turn, fold_space
 from sessiontap.core.settings import DEFAULTS
 from sessiontap.probe.scenarios import CONTEXT_GROWS, CONTEXT_SIZE, FACTS_CARRIED, ONE_SESSION, OPENING_ONCE, Scenario
 
@@ -173,12 +173,18 @@ def context_size(p: Played) -> Outcome:
     """No context beyond the token limit, and the key fact still in the context of the last message.
 
     On the WebSocket the context is the server's own transcript, which no client can trim: there,
-    ``context-oversize`` is said in the reason but fails nothing.
+    ``context-oversize`` is said in the reason and fails only when the client's own contextual
+    updates are beyond the limit by themselves.
     """
     last = p.calls[-1] if p.calls else None
     server_held = last is not None and last.protocol == WEBSOCKET
     if not server_held and (failed := _failed(p, CONTEXT_SIZE, every_message=False)) is not None:
         return failed
+    if last is not None and server_held:
+        sent = tokens_of(last.chars_of([t for t in last.context if t.role == CONTEXT]))
+        if sent > p.max_context_tokens:
+            return Outcome(CONTEXT_SIZE, False, f"the client's contextual updates alone are ~{sent} tokens, over "
+                                                f"the limit of {p.max_context_tokens}")
     if last is None:
         return Outcome(CONTEXT_SIZE, False, f"the last message (#{len(p.calls)}) never reached the agent")
     key = p.scenario.facts[0] if p.scenario.facts else None

@@ -151,7 +151,7 @@ def test_a_run_is_judged_from_its_analysis_and_from_what_the_client_did(tmp_path
 def test_an_oversize_context_fails_context_size_over_http_but_not_on_the_servers_own_transcript():
     from dataclasses import replace
 
-    from sessiontap.core.model import WEBSOCKET
+    from sessiontap.core.model import CONTEXT, WEBSOCKET
     from sessiontap.core.settings import DEFAULTS
 
     tight = replace(DEFAULTS, max_context_tokens=5)
@@ -164,3 +164,6 @@ def test_an_oversize_context_fails_context_size_over_http_but_not_on_the_servers
     assert "context-oversize" in [f.rule for f in websocket.analysis.findings]
     outcome = context_size(websocket)
     assert outcome.passed and "over it: the server's transcript, for the agent to trim" in outcome.reason
+    sockets[2].context = [*sockets[2].context[:-1], Turn(CONTEXT, "HS code notes " * 20), sockets[2].context[-1]]
+    flooded = Played(SCENARIO, analyse(sockets, settings=tight), max_context_tokens=5)
+    assert context_size(flooded).reason.startswith("the client's contextual updates alone are ~")
