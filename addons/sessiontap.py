@@ -42,9 +42,6 @@ except ModuleNotFoundError as e:  # pragma: no cover - only without an install
     ) from e
 
 
-SETTLE_POLL = 0.005  # seconds between looks at the backlog while a test waits for it
-
-
 class Chain:
     """sessiontap's addons, wired to each other, in the order mitmproxy must call them (one addon, nine nested)."""
 
@@ -75,12 +72,9 @@ class Chain:
         flows that have been sent, so it is never run early); this waits for that turn, not for traffic
         queued after it. The analysis is a copy: the proxy goes on with its own.
         """
-        import asyncio
         import copy
 
-        until = self.backlog.added
-        while self.backlog.queue and self.backlog.queue[0][0] < until:
-            await asyncio.sleep(SETTLE_POLL)
+        await self.backlog.caught_up()
         self.journal.settle()
         return copy.deepcopy(self.findings.analyzer).result()
 

@@ -54,6 +54,12 @@ class Backlog:
         while self.queue and self.queue[0][0] < upto:
             self._call(self.queue.popleft())
 
+    async def caught_up(self, poll: float = 0.005) -> None:
+        """Return once everything queued so far has run, each in its own turn (never early; later work not awaited)."""
+        until = self.added
+        while self.queue and self.queue[0][0] < until:
+            await asyncio.sleep(poll)
+
     def drain(self) -> None:
         """Run everything queued, oldest first (at shutdown, or before something that must see it all)."""
         while self.queue:

@@ -177,14 +177,13 @@ def context_size(p: Played) -> Outcome:
     updates are beyond the limit by themselves.
     """
     last = p.calls[-1] if p.calls else None
-    server_held = last is not None and last.protocol == WEBSOCKET
-    if not server_held and (failed := _failed(p, CONTEXT_SIZE, every_message=False)) is not None:
-        return failed
-    if last is not None and server_held:
+    if last is not None and last.protocol == WEBSOCKET:
         sent = tokens_of(last.chars_of([t for t in last.context if t.role == CONTEXT]))
         if sent > p.max_context_tokens:
             return Outcome(CONTEXT_SIZE, False, f"the client's contextual updates alone are ~{sent} tokens, over "
                                                 f"the limit of {p.max_context_tokens}")
+    elif (failed := _failed(p, CONTEXT_SIZE, every_message=False)) is not None:
+        return failed
     if last is None:
         return Outcome(CONTEXT_SIZE, False, f"the last message (#{len(p.calls)}) never reached the agent")
     key = p.scenario.facts[0] if p.scenario.facts else None

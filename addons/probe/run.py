@@ -90,6 +90,11 @@ class RunResult:
         """True when every check passed."""
         return all(o.passed for o in self.outcomes)
 
+    @property
+    def judged(self) -> bool:
+        """True when its checks were judged: it was neither skipped as gone nor stopped."""
+        return self.gone is None and not self.stopped
+
     def to_json(self) -> dict[str, Any]:
         """The run as probe.json holds it."""
         return {"scenario": self.scenario, "protocol": self.protocol, "out": str(self.out), "passed": self.passed,
@@ -276,12 +281,12 @@ def table(runs: Sequence[RunResult], scenarios: Sequence[Scenario]) -> list[str]
             cells = [_cell(r, check).ljust(max(len(r.protocol), 4)) for r in mine]
             lines.append("  " + "  ".join([check.ljust(width), *cells]).rstrip())
         for r in mine:
-            if r.gone is not None or r.stopped:  # one reason for every check
+            if not r.judged:  # one reason for every check
                 lines.append(f"    {r.protocol}: {r.outcomes[0].reason}" if r.outcomes else "")
                 continue
             lines += [f"    {r.protocol} {o.check}: {o.reason}" for o in r.outcomes if not o.passed]
         lines.append("")
-    judged = [o for r in runs if r.gone is None and not r.stopped for o in r.outcomes]
+    judged = [o for r in runs if r.judged for o in r.outcomes]
     failed = sum(not o.passed for o in judged)
     parts = [f"{len(judged) - failed} of {len(judged)} checks passed" + (f", {failed} failed" if failed else "")
              if judged else "no check ran"]

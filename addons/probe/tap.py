@@ -214,12 +214,12 @@ class Tap:
         from sessiontap.replay.server import miss_findings
 
         analysis = self._live()
-        read = None
-        if analysis is None or (self._replay is not None and self._replay.misses):
-            read = self._read(Settings.from_options(self._settings))
-            analysis = analysis or read[0]
-        if self._replay is not None and self._replay.misses and read is not None:
-            analysis.add_findings(miss_findings(list(self._replay.misses), read[1].records, analysis.calls))
+        misses = list(self._replay.misses) if self._replay is not None else []
+        if analysis is None or misses:
+            offline, cap = self._read(Settings.from_options(self._settings))
+            analysis = analysis or offline
+            if misses:  # matched against what went through, as `replay` does
+                analysis.add_findings(miss_findings(misses, cap.records, analysis.calls))
         return analysis
 
     def _live(self) -> Analysis | None:
